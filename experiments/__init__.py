@@ -1,0 +1,1 @@
+"""absl-flag mains; each parses flags into a library `Config` and calls `run`."""

@@ -1,0 +1,194 @@
+"""Fit frozen random networks to random target networks by tuning only their norms.
+
+For each width of the random blocks, all seeds are fitted in one compiled
+program (`jaxnorm.fit_seeds`); the run writes into its workdir:
+
+* `config.json`   the config it ran with;
+* `results.json`  `{"config", "frozen_unchanged", "rows": [...]}`, one row per width;
+* `metrics.csv`   one line per (width, seed): held-out relative MSE, final loss;
+* `curves.csv`    one line per (width, seed, chunk): training relative MSE;
+* `rel_mse_vs_width.png`  median held-out relative MSE vs width ratio, quartile band.
+
+Run it: `python -m experiments.fit_target --workdir=/tmp/fit_target`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxnorm import domain
+from jaxnorm import fit
+from jaxnorm import validate
+from jaxnorm.runs import outputs
+from jaxnorm.runs import plots
+
+TABLE_COLUMNS = ("width", "ratio", "trainable", "target", "rel_mse_med", "q25", "q75", "seconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Defaults of the `fit_target` experiment (the absl flags mirror these).
+
+  Attributes:
+    target_widths: `[d_0, ..., d_l]` of the random target networks.
+    width_multipliers: hidden width of every random block as a multiple of
+      `d_in * d_out` of the target layer it emulates; one fit per multiplier.
+    widths: explicit hidden widths instead (each applies to every block); when
+      non-empty it replaces `width_multipliers`.
+    seeds: independent seeds (frozen network + target) fitted per width.
+    steps, chunk_steps, batch_size, learning_rate, schedule, norm, radius,
+    input_distribution, eval_size, seed: as in `jaxnorm.FitSpec`.
+    sparsity: keep-probability `p` of the frozen weights (1 = dense).
+  """
+
+  target_widths: Sequence[int] = (8, 8, 8)
+  width_multipliers: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
+  widths: Sequence[int] = ()
+  seeds: int = 8
+  steps: int = 2000
+  chunk_steps: int = 250
+  batch_size: int = 256
+  learning_rate: float = 1e-2
+  schedule: str = "cosine"
+  norm: str = "affine"
+  sparsity: float = 1.0
+  radius: float = 1.0
+  input_distribution: str = "ball"
+  eval_size: int = 4096
+  seed: int = 0
+
+
+def hidden_widths(config: Config) -> list[tuple[int, ...]]:
+  """The hidden widths `(m_1, ..., m_l)` of each fit the config asks for.
+
+  Args:
+    config: the experiment config.
+
+  Returns:
+    One tuple per fit, in the order given.
+  """
+  d = list(config.target_widths)
+  products = [a * b for a, b in zip(d[:-1], d[1:])]
+  if config.widths:
+    return [tuple(int(m) for _ in products) for m in config.widths]
+  return [tuple(max(1, round(r * p)) for p in products) for r in config.width_multipliers]
+
+
+def specs(config: Config) -> list[fit.FitSpec]:
+  """Validates `config` and returns one `FitSpec` per width, before any compute.
+
+  Args:
+    config: the experiment config.
+
+  Returns:
+    The specs, one per width.
+
+  Raises:
+    validate.ConfigError: naming the first bad value.
+  """
+  validate.positive_ints("target_widths", config.target_widths, min_len=2)
+  if config.widths:
+    validate.positive_ints("widths", config.widths)
+  else:
+    validate.positive_floats("width_multipliers", config.width_multipliers)
+  validate.positive_int("seeds", config.seeds)
+  validate.probability("sparsity (keep probability p)", config.sparsity)
+  validate.one_of("input distribution", config.input_distribution, domain.INPUT_DISTRIBUTIONS)
+  out = []
+  for hidden in hidden_widths(config):
+    out.append(fit.check_spec(fit.FitSpec(
+        target_widths=tuple(config.target_widths), hidden_widths=hidden, norm=config.norm,
+        keep_prob=config.sparsity, steps=config.steps, chunk_steps=min(config.chunk_steps,
+                                                                       config.steps),
+        batch_size=config.batch_size, learning_rate=config.learning_rate,
+        schedule=config.schedule, input_distribution=config.input_distribution,
+        radius=config.radius, eval_size=config.eval_size, seed=config.seed)))
+  return out
+
+
+def target_params(target_widths: Sequence[int]) -> int:
+  """Weights and biases of a target MLP with these widths."""
+  return sum(a * b + b for a, b in zip(target_widths[:-1], target_widths[1:]))
+
+
+def _row(spec: fit.FitSpec, result: fit.FitResult) -> dict[str, Any]:
+  d = spec.target_widths
+  ratios = [m / (a * b) for m, a, b in zip(spec.hidden_widths, d[:-1], d[1:])]
+  q25, med, q75 = np.percentile(result.rel_mse, [25, 50, 75])
+  width = spec.hidden_widths[0] if len(set(spec.hidden_widths)) == 1 else list(
+      spec.hidden_widths)
+  return {"width_ratio": min(ratios), "width": width,
+          "trainable_params": result.trainable_params,
+          "target_params": target_params(d),
+          "rel_mse_median": float(med), "rel_mse_q25": float(q25), "rel_mse_q75": float(q75),
+          "seconds": round(result.seconds, 3), "seeds": int(result.seed_ids.size)}
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+  """The results table printed at the end of a run."""
+  keys = ("width", "width_ratio", "trainable_params", "target_params", "rel_mse_median",
+          "rel_mse_q25", "rel_mse_q75", "seconds")
+  return outputs.format_table(TABLE_COLUMNS, [[r[k] for k in keys] for r in rows])
+
+
+def run(config: Config, workdir: str) -> dict[str, Any]:
+  """Runs the experiment and writes its outputs into `workdir`.
+
+  Args:
+    config: the experiment config (validated before any compute).
+    workdir: output directory (created if missing).
+
+  Returns:
+    The content of `results.json`.
+  """
+  workdir = validate.workdir(workdir)
+  fit_specs = specs(config)
+  writer = jax.process_index() == 0
+  if writer:
+    os.makedirs(workdir, exist_ok=True)
+    outputs.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
+
+  rows, metrics, curves, frozen_ok = [], [], [], True
+  for spec in fit_specs:
+    logging.info("fitting %d seeds: frozen widths %s, norm %s, p=%g", config.seeds,
+                 list(spec.network_widths), spec.norm, spec.keep_prob)
+
+    def progress(c: fit.ChunkReport):
+      logging.info("  chunk %d/%d  step %d  median loss %.4g  %.0f steps/s", c.chunk + 1,
+                   c.n_chunks, c.step, c.median_loss, c.steps_per_second)
+
+    result = fit.fit_seeds(spec, range(config.seeds), on_chunk=progress)
+    frozen_ok &= result.frozen_unchanged
+    row = _row(spec, result)
+    rows.append(row)
+    logging.info("  held-out relative MSE median %.4g [%.4g, %.4g], %.1f s, frozen unchanged: %s",
+                 row["rel_mse_median"], row["rel_mse_q25"], row["rel_mse_q75"], result.seconds,
+                 result.frozen_unchanged)
+    for s, mse, curve in zip(result.seed_ids, result.rel_mse, result.loss_curve):
+      metrics.append([row["width_ratio"], row["width"], int(s), float(mse), float(curve[-1])])
+      curves += [[row["width_ratio"], row["width"], int(s), int(step), float(v)]
+                 for step, v in zip(result.chunk_steps, curve)]
+
+  results = {"config": dataclasses.asdict(config), "frozen_unchanged": bool(frozen_ok),
+             "rows": rows}
+  if writer:
+    outputs.write_json(os.path.join(workdir, "results.json"), results)
+    outputs.write_csv(os.path.join(workdir, "metrics.csv"),
+                      ["width_ratio", "width", "seed", "rel_mse", "final_train_rel_mse"], metrics)
+    outputs.write_csv(os.path.join(workdir, "curves.csv"),
+                      ["width_ratio", "width", "seed", "step", "train_rel_mse"], curves)
+    ordered = sorted(rows, key=lambda r: r["width_ratio"])
+    plots.median_band(
+        os.path.join(workdir, "rel_mse_vs_width.png"),
+        {config.norm: ([r["width_ratio"] for r in ordered], [r["rel_mse_median"] for r in ordered],
+                       [r["rel_mse_q25"] for r in ordered], [r["rel_mse_q75"] for r in ordered])},
+        xlabel="width ratio m / (d_in d_out)", ylabel="held-out relative MSE",
+        title=(f"target {list(config.target_widths)}, norm={config.norm}, p={config.sparsity:g}, "
+               f"{config.seeds} seeds, {config.steps} steps"))
+  return results

@@ -1,0 +1,44 @@
+"""Plots a run writes into its workdir (matplotlib, Agg backend, PNG)."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+
+def median_band(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float],
+                                                      Sequence[float], Sequence[float]]],
+                *, xlabel: str, ylabel: str, title: str, logx: bool = True,
+                logy: bool = True) -> None:
+  """Plots median lines with a quartile band, one per series, and saves a PNG.
+
+  Args:
+    path: destination `.png`.
+    series: `{label: (x, median, q25, q75)}`.
+    xlabel: x-axis label.
+    ylabel: y-axis label.
+    title: figure title.
+    logx: log-scale x axis.
+    logy: log-scale y axis.
+  """
+  fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+  for label, (x, med, q25, q75) in series.items():
+    line, = ax.plot(x, med, marker="o", label=label)
+    ax.fill_between(x, q25, q75, color=line.get_color(), alpha=0.25, linewidth=0)
+  if logx:
+    ax.set_xscale("log", base=2)
+  if logy:
+    ax.set_yscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  ax.grid(True, which="both", alpha=0.3)
+  if len(series) > 1:
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

@@ -1,0 +1,120 @@
+"""Input checks that run before any compute, with one-line messages.
+
+Every check raises `ConfigError` (a `ValueError`) naming the bad value; the
+experiment mains turn it into a one-line message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Iterable, Sequence
+
+
+class ConfigError(ValueError):
+  """A bad argument, flag or combination, found before any compute."""
+
+
+def positive_int(name: str, value: Any) -> int:
+  """Returns `value` if it is an integer >= 1, else raises `ConfigError`."""
+  if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 1:
+    raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def positive_ints(name: str, values: Sequence[Any], min_len: int = 1) -> tuple[int, ...]:
+  """Returns `values` as a tuple of positive ints (at least `min_len` of them)."""
+  values = tuple(values)
+  if len(values) < min_len:
+    raise ConfigError(f"{name} needs at least {min_len} entries, got {list(values)!r}")
+  for v in values:
+    if isinstance(v, bool) or not hasattr(v, "__index__") or int(v) < 1:
+      raise ConfigError(f"{name} must be positive integers, got {v!r} in {list(values)!r}")
+  return tuple(int(v) for v in values)
+
+
+def positive_float(name: str, value: Any) -> float:
+  """Returns `value` if it is a finite number > 0, else raises `ConfigError`."""
+  try:
+    f = float(value)
+  except (TypeError, ValueError):
+    raise ConfigError(f"{name} must be a positive number, got {value!r}") from None
+  if not math.isfinite(f) or f <= 0:
+    raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+  return f
+
+
+def positive_floats(name: str, values: Sequence[Any]) -> tuple[float, ...]:
+  """Returns `values` as a non-empty tuple of positive finite floats."""
+  values = tuple(values)
+  if not values:
+    raise ConfigError(f"{name} needs at least one entry")
+  return tuple(positive_float(name, v) for v in values)
+
+
+def probability(name: str, value: Any) -> float:
+  """Returns `value` if it lies in (0, 1], else raises `ConfigError`."""
+  try:
+    f = float(value)
+  except (TypeError, ValueError):
+    raise ConfigError(f"{name} must be a probability in (0, 1], got {value!r}") from None
+  if not 0.0 < f <= 1.0:
+    raise ConfigError(f"{name} must be a probability in (0, 1], got {value!r}")
+  return f
+
+
+def one_of(name: str, value: Any, choices: Iterable[str]) -> str:
+  """Returns `value` if it is one of `choices`, else raises `ConfigError`."""
+  choices = tuple(choices)
+  if value not in choices:
+    raise ConfigError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+  return value
+
+
+def target_layers(target, widths: Sequence[int] | None = None) -> tuple[int, ...]:
+  """Checks that `[(W[out, in], b[out]), ...]` chains; returns its widths.
+
+  Args:
+    target: the target layers in math layout.
+    widths: if given, the widths `[d_0, ..., d_l]` the target must have.
+
+  Returns:
+    The widths `(d_0, ..., d_l)` of the target.
+  """
+  target = list(target)
+  if not target:
+    raise ConfigError("target must have at least one layer")
+  dims = []
+  for k, layer in enumerate(target):
+    if len(layer) != 2:
+      raise ConfigError(f"target layer {k} must be a (weight, bias) pair")
+    w, b = layer
+    w_shape, b_shape = tuple(getattr(w, "shape", ())), tuple(getattr(b, "shape", ()))
+    if len(w_shape) != 2 or b_shape != w_shape[:1]:
+      raise ConfigError(f"target layer {k}: weight must be [out, in] and bias [out], "
+                        f"got {w_shape} and {b_shape}")
+    if dims and w_shape[1] != dims[-1]:
+      raise ConfigError(f"target dims don't chain: layer {k} takes {w_shape[1]} inputs "
+                        f"but layer {k - 1} gives {dims[-1]} outputs")
+    if not dims:
+      dims.append(w_shape[1])
+    dims.append(w_shape[0])
+  dims = tuple(int(d) for d in dims)
+  if widths is not None and tuple(widths) != dims:
+    raise ConfigError(f"target has widths {list(dims)} but target_widths is {list(widths)}")
+  return dims
+
+
+def workdir(path: str) -> str:
+  """Checks that `path` is, or can become, a writable directory."""
+  if not path:
+    raise ConfigError("--workdir is required")
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"workdir {path} exists and is not a directory")
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigError(f"workdir {path} is not writable")
+  return path
