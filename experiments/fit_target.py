@@ -36,6 +36,8 @@ RADIUS = flags.DEFINE_float("radius", _D.radius, "Radius of the input domain.")
 INPUTS = flags.DEFINE_string("input_distribution", _D.input_distribution, "ball | gaussian.")
 EVAL_SIZE = flags.DEFINE_integer("eval_size", _D.eval_size, "Held-out inputs per seed.")
 SEED = flags.DEFINE_integer("seed", _D.seed, "Base random seed.")
+INIT = flags.DEFINE_string("init", _D.init,
+                           "standard | construct (start from the exact reconstruction).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -52,7 +54,7 @@ def main(argv):
       chunk_steps=CHUNK_STEPS.value, batch_size=BATCH_SIZE.value,
       learning_rate=LEARNING_RATE.value, schedule=SCHEDULE.value, norm=NORM.value,
       sparsity=SPARSITY.value, radius=RADIUS.value, input_distribution=INPUTS.value,
-      eval_size=EVAL_SIZE.value, seed=SEED.value)
+      eval_size=EVAL_SIZE.value, seed=SEED.value, init=INIT.value)
   results = common.run_or_exit(lambda: fit_target.run(config, WORKDIR.value))
   print(fit_target.table(results["rows"]))
   print(f"frozen weights bit-identical after fitting: {results['frozen_unchanged']}")

@@ -1,18 +1,27 @@
 """jaxnorm: tune only the normalization layers of frozen (random, sparse) networks.
 
 Models (`NormMLP`, `TargetMLP`), the freezing guarantee (`norm_mask`,
-`norm_only`, `partition`, `combine`), and fitting of many seeds in one
-compiled program (`FitSpec`, `fit_seeds`). Experiments live in
+`norm_only`, `partition`, `combine`), fitting of many seeds in one compiled
+program (`FitSpec`, `fit_seeds`), and the exact construction
+(`reconstruct`, `reconstruct_batch`, exported with `norm_mlp_variables`). Experiments live in
 `jaxnorm.runs` (library side) and `experiments/` (absl mains).
 """
 
+from jaxnorm.construct import BlockReport
+from jaxnorm.construct import Reconstruction
+from jaxnorm.construct import apply_frozen
+from jaxnorm.construct import reconstruct
+from jaxnorm.construct import reconstruct_batch
 from jaxnorm.domain import INPUT_DISTRIBUTIONS
 from jaxnorm.domain import sample_inputs
+from jaxnorm.export import frozen_weights
+from jaxnorm.export import norm_mlp_variables
 from jaxnorm.fit import ChunkReport
 from jaxnorm.fit import FitResult
 from jaxnorm.fit import FitSpec
 from jaxnorm.fit import check_spec
 from jaxnorm.fit import fit_seeds
+from jaxnorm.fit import heldout_inputs
 from jaxnorm.freeze import combine
 from jaxnorm.freeze import norm_mask
 from jaxnorm.freeze import norm_only

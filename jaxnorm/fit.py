@@ -21,12 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnorm import construct
 from jaxnorm import domain
 from jaxnorm import freeze
+from jaxnorm import jit
 from jaxnorm import models
 from jaxnorm import validate
 
 SCHEDULES = ("constant", "cosine")
+INITS = ("standard", "construct")
 OPTIMIZERS = ("adam",)
 BATCHINGS = ("vmap", "map")
 
@@ -51,6 +54,10 @@ class FitSpec:
     radius: radius of the input domain.
     eval_size: held-out inputs per seed for the final relative MSE.
     seed: base seed; seed `s` uses `fold_in(key(seed), s)`.
+    init: `"standard"` (scale 1, shift 0) or `"construct"`: start the norms from
+      the exact reconstruction of each seed's target (`jaxnorm.reconstruct_batch`,
+      least-squares fit where a block is narrower than `d_in * d_out`); needs the
+      target's weights, `norm="affine"` and inputs in the ball.
   """
 
   target_widths: Sequence[int]
@@ -67,6 +74,7 @@ class FitSpec:
   radius: float = 1.0
   eval_size: int = 4096
   seed: int = 0
+  init: str = "standard"
 
   def __post_init__(self):
     object.__setattr__(self, "target_widths", tuple(self.target_widths))
@@ -111,6 +119,11 @@ def check_spec(spec: FitSpec) -> FitSpec:
   validate.one_of("schedule", spec.schedule, SCHEDULES)
   validate.one_of("optimizer", spec.optimizer, OPTIMIZERS)
   validate.one_of("input distribution", spec.input_distribution, domain.INPUT_DISTRIBUTIONS)
+  validate.one_of("init", spec.init, INITS)
+  if spec.init == "construct" and (spec.norm, spec.input_distribution) != ("affine", "ball"):
+    raise validate.ConfigError(
+        f"init=construct needs norm=affine and input_distribution=ball (the construction is "
+        f"exact on a ball), got norm={spec.norm}, input_distribution={spec.input_distribution}")
   if isinstance(spec.seed, bool) or not hasattr(spec.seed, "__index__") or spec.seed < 0:
     raise validate.ConfigError(f"seed must be a non-negative integer, got {spec.seed!r}")
   return spec
@@ -184,10 +197,28 @@ def _apply(model, spec, params, batch_stats, x, train):
   return model.apply(variables, x), batch_stats
 
 
+def _seed_keys(spec: FitSpec, seed_id):
+  """Keys of seed `seed_id`: (frozen net, target, data stream, held-out set)."""
+  return jax.random.split(jax.random.fold_in(jax.random.key(spec.seed), seed_id), 4)
+
+
+def heldout_inputs(spec: FitSpec, seed_id: int) -> jax.Array:
+  """The held-out inputs `[eval_size, d_0]` on which seed `seed_id` is evaluated.
+
+  Args:
+    spec: the fit's spec.
+    seed_id: the seed.
+
+  Returns:
+    The same points `fit_seeds` evaluates that seed's relative MSE on.
+  """
+  return domain.sample_inputs(_seed_keys(spec, seed_id)[3], spec.eval_size,
+                              spec.target_widths[0], spec.radius, spec.input_distribution)
+
+
 def _init_seed(spec: FitSpec, seed_id, fixed_target):
   model, tx = spec.model(), make_optimizer(spec)
-  key = jax.random.fold_in(jax.random.key(spec.seed), seed_id)
-  k_net, k_target, k_data, k_eval = jax.random.split(key, 4)
+  k_net, k_target, k_data, k_eval = _seed_keys(spec, seed_id)
   d_in = spec.target_widths[0]
   variables = model.init(k_net, jnp.zeros((1, d_in)))
   params = variables["params"]
@@ -253,30 +284,30 @@ def _compiled(spec: FitSpec, batching: str, length: int):
                  donate_argnums=0)
 
 
-def _one_shot_jit(fn: Callable) -> Callable:
-  """`jax.jit` for programs that run once per fit (init, evaluation).
-
-  On CPU they are compiled at XLA backend optimization level 0: their run time
-  is negligible, while full optimization of the many unrolled threefry
-  hashes in a vmapped init took ~4-6 s per spec (measured: 6.4 s -> 0.9 s for
-  one NormMLP init, same bits). The step loop keeps full optimization (level 0
-  made it ~3x slower).
-  """
-  if jax.default_backend() == "cpu":
-    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
-  return jax.jit(fn)
-
-
 @functools.lru_cache(maxsize=64)
 def _compiled_init(spec: FitSpec, batching: str, fixed_target: bool):
   if fixed_target:
-    return _one_shot_jit(_batched(lambda t, s: _init_seed(spec, s, t), batching, fixed_args=1))
-  return _one_shot_jit(_batched(lambda s: _init_seed(spec, s, None), batching))
+    return jit.one_shot_jit(_batched(lambda t, s: _init_seed(spec, s, t), batching, fixed_args=1))
+  return jit.one_shot_jit(_batched(lambda s: _init_seed(spec, s, None), batching))
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_eval(spec: FitSpec, batching: str):
-  return _one_shot_jit(_batched(functools.partial(_evaluate, spec), batching))
+  return jit.one_shot_jit(_batched(functools.partial(_evaluate, spec), batching))
+
+
+def _constructed_norms(spec: FitSpec, state: FitState):
+  """Per-seed norms of the reconstruction of each seed's target (batched `cg`)."""
+  n_layers = len(spec.network_widths) - 1
+  frozen = [jnp.swapaxes(state.frozen[(f"dense_{k}", "kernel")], 1, 2) for k in range(n_layers)]
+  rec = construct.reconstruct_batch(state.target, frozen, radius=spec.radius, allow_inexact=True)
+  trainable = {}
+  for k in range(n_layers):
+    trainable[(f"norm_{k}", "scale")] = rec.gammas[k]
+    trainable[(f"norm_{k}", "bias")] = rec.betas[k]
+  if set(trainable) != set(state.trainable):
+    raise AssertionError("constructed norms do not match the model's norm leaves")
+  return trainable
 
 
 def _to_host(tree):
@@ -324,6 +355,8 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
   ids = jnp.asarray(seed_ids, jnp.int32)
   init = _compiled_init(spec, batching, target is not None)
   state = init(target, ids) if target is not None else init(ids)
+  if spec.init == "construct":
+    state = state._replace(trainable=_constructed_norms(spec, state))
   frozen_before = _to_host(state.frozen)
   trainable_params = sum(int(np.prod(v.shape[1:])) for v in jax.tree.leaves(state.trainable))
 

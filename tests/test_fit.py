@@ -145,3 +145,21 @@ def test_target_dims_that_do_not_chain_raise(no_compute):
     jaxnorm.fit_seeds(TINY, [0], target=[(w1, np.zeros(4)), (w2, np.zeros(2))])
   with pytest.raises(jaxnorm.ConfigError, match="target_widths"):
     jaxnorm.fit_seeds(TINY, [0], target=[(w1, np.zeros(4)), (np.ones((5, 4)), np.zeros(5))])
+
+
+def test_construct_init_starts_at_the_exact_solution():
+  spec = dataclasses.replace(TINY, hidden_widths=(24, 16), steps=1, chunk_steps=1,
+                             learning_rate=1e-9, init="construct")
+  constructed = jaxnorm.fit_seeds(spec, [0, 1])
+  standard = jaxnorm.fit_seeds(dataclasses.replace(spec, init="standard"), [0, 1])
+  assert (constructed.rel_mse < 1e-6).all(), constructed.rel_mse
+  assert (standard.rel_mse > 1e-2).all(), standard.rel_mse
+  assert constructed.frozen_unchanged
+
+
+def test_construct_init_needs_affine_norms_on_a_ball(no_compute):
+  with pytest.raises(jaxnorm.ConfigError, match="norm=batchnorm"):
+    jaxnorm.fit_seeds(dataclasses.replace(TINY, init="construct", norm="batchnorm"), [0])
+  with pytest.raises(jaxnorm.ConfigError, match="gaussian"):
+    jaxnorm.fit_seeds(dataclasses.replace(TINY, init="construct", input_distribution="gaussian"),
+                      [0])

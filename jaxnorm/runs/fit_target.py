@@ -45,6 +45,8 @@ class Config:
     steps, chunk_steps, batch_size, learning_rate, schedule, norm, radius,
     input_distribution, eval_size, seed: as in `jaxnorm.FitSpec`.
     sparsity: keep-probability `p` of the frozen weights (1 = dense).
+    init: `"standard"` or `"construct"` (start from the exact reconstruction of
+      each seed's target; see `jaxnorm.FitSpec`).
   """
 
   target_widths: Sequence[int] = (8, 8, 8)
@@ -62,6 +64,7 @@ class Config:
   input_distribution: str = "ball"
   eval_size: int = 4096
   seed: int = 0
+  init: str = "standard"
 
 
 def hidden_widths(config: Config) -> list[tuple[int, ...]]:
@@ -108,7 +111,7 @@ def specs(config: Config) -> list[fit.FitSpec]:
                                                                        config.steps),
         batch_size=config.batch_size, learning_rate=config.learning_rate,
         schedule=config.schedule, input_distribution=config.input_distribution,
-        radius=config.radius, eval_size=config.eval_size, seed=config.seed)))
+        radius=config.radius, eval_size=config.eval_size, seed=config.seed, init=config.init)))
   return out
 
 
@@ -123,7 +126,7 @@ def _row(spec: fit.FitSpec, result: fit.FitResult) -> dict[str, Any]:
   q25, med, q75 = np.percentile(result.rel_mse, [25, 50, 75])
   width = spec.hidden_widths[0] if len(set(spec.hidden_widths)) == 1 else list(
       spec.hidden_widths)
-  return {"width_ratio": min(ratios), "width": width,
+  return {"width_ratio": min(ratios), "width": width, "init": spec.init,
           "trainable_params": result.trainable_params,
           "target_params": target_params(d),
           "rel_mse_median": float(med), "rel_mse_q25": float(q25), "rel_mse_q75": float(q75),

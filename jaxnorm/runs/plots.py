@@ -13,22 +13,27 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 def median_band(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float],
                                                       Sequence[float], Sequence[float]]],
                 *, xlabel: str, ylabel: str, title: str, logx: bool = True,
-                logy: bool = True) -> None:
+                logy: bool = True, diagonal: bool = False) -> None:
   """Plots median lines with a quartile band, one per series, and saves a PNG.
 
   Args:
     path: destination `.png`.
-    series: `{label: (x, median, q25, q75)}`.
+    series: `{label: (x, median, q25, q75)}`; `q25 = q75 = None` draws no band.
     xlabel: x-axis label.
     ylabel: y-axis label.
     title: figure title.
     logx: log-scale x axis.
     logy: log-scale y axis.
+    diagonal: also draw the line y = x (dashed).
   """
   fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
   for label, (x, med, q25, q75) in series.items():
     line, = ax.plot(x, med, marker="o", label=label)
-    ax.fill_between(x, q25, q75, color=line.get_color(), alpha=0.25, linewidth=0)
+    if q25 is not None:
+      ax.fill_between(x, q25, q75, color=line.get_color(), alpha=0.25, linewidth=0)
+  if diagonal:
+    lo, hi = ax.get_xlim()
+    ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="y = x")
   if logx:
     ax.set_xscale("log", base=2)
   if logy:
@@ -42,3 +47,22 @@ def median_band(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def lines(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
+          xlabel: str, ylabel: str, title: str, logx: bool = True, logy: bool = True,
+          diagonal: bool = False) -> None:
+  """Plots one marked line per series and saves a PNG.
+
+  Args:
+    path: destination `.png`.
+    series: `{label: (x, y)}`.
+    xlabel: x-axis label.
+    ylabel: y-axis label.
+    title: figure title.
+    logx: log-scale x axis.
+    logy: log-scale y axis.
+    diagonal: also draw the line y = x (dashed).
+  """
+  median_band(path, {k: (x, y, None, None) for k, (x, y) in series.items()}, xlabel=xlabel,
+              ylabel=ylabel, title=title, logx=logx, logy=logy, diagonal=diagonal)

@@ -1,0 +1,433 @@
+"""Exact reconstruction of a target ReLU network by tuning only the norms (DESIGN.md §2).
+
+Array level, math layout `W[out, in]`. A target of depth `l` is a list of
+`(T_i [d_i, d_{i-1}], c_i [d_i])`; the frozen network has `2 l` weight matrices,
+`W_{2i-1}` `[m_i, d_{i-1}]` and `W_{2i}` `[d_i, m_i]` (sparse networks are
+dense arrays with zeros). Frozen layer `k` computes `gamma_k * (W_k h) + beta_k`,
+with a ReLU after every layer but the last. Block `i` (layers `2i-1, 2i`) is
+given:
+
+1. `gamma_{2i-1}`: the minimum-norm solution of `W_{2i} diag(gamma) W_{2i-1} = T_i`
+   (`lstsq`: dense SVD of the Khatri–Rao system in float64; `cg`: matrix-free
+   CGLS, `jaxnorm.krylov`);
+2. `beta_{2i-1}`: the shift that keeps every unit of layer `2i-1` non-negative
+   on the domain, so the ReLU between the two layers is the identity there —
+   `|gamma_j| ||W_{2i-1}[j, :]|| R_{i-1}` on the ball of radius `R_{i-1}`, or
+   the smallest non-negative shift that does it on a finite data set;
+3. `gamma_{2i} = 1`, `beta_{2i} = c_i - W_{2i} beta_{2i-1}`;
+4. `R_i = ||T'_i||_2 R_{i-1} + ||c_i||`, where `T'_i = W_{2i} diag(gamma) W_{2i-1}`
+   is the block as realised (`= T_i` to within `tol` when the block is exact;
+   data are likewise propagated through the realised blocks, which keeps the
+   shifts valid for `allow_inexact` fits too).
+
+The result is exact on the domain only: far outside the ball (or away from the
+data) units of layer `2i-1` go negative and the network no longer matches.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnorm import krylov
+from jaxnorm.validate import ConfigError
+
+SOLVERS = ("auto", "lstsq", "cg")
+# `auto` forms the dense system (d_i * d_{i-1} rows, m_i columns) up to this many
+# entries; LAPACK's SVD on a 2-core CPU takes ~0.1 s at 1e6 and ~30 s at 5e6.
+LSTSQ_AUTO_ENTRIES = 1_000_000
+# `lstsq` refuses systems larger than this (1.6 GB in float64).
+LSTSQ_MAX_ENTRIES = 200_000_000
+
+
+class BlockReport(NamedTuple):
+  """How block `i` (frozen layers `2i-1`, `2i`) was reconstructed.
+
+  Attributes:
+    block: the block index `i`, 1-based as in DESIGN.md.
+    solver: `"lstsq"` or `"cg"`.
+    width: `m_i`, the hidden width of the block.
+    min_width: `d_i * d_{i-1}`, the smallest width that can be exact.
+    residual: relative residual `||K gamma - vec T_i|| / ||vec T_i||` of the
+      returned `gamma` (computed in float64 for `lstsq`).
+    rank: rank of the system (`lstsq`), else None.
+    iterations: CGLS iterations (`cg`), else None.
+    max_shift: largest `|beta|` of the block (both layers).
+    input_radius: `R_{i-1}` (radius mode) or the largest input norm over the
+      data (data mode).
+    exact: `residual <= tol` (and full rank for `lstsq`).
+  """
+
+  block: int
+  solver: str
+  width: int
+  min_width: int
+  residual: float
+  rank: int | None
+  iterations: int | None
+  max_shift: float
+  input_radius: float
+  exact: bool
+
+
+class Reconstruction(NamedTuple):
+  """Norm parameters that make the frozen network compute the target.
+
+  Attributes:
+    gammas: `2 l` scale vectors, one per frozen layer.
+    betas: `2 l` shift vectors.
+    blocks: one `BlockReport` per block.
+    frozen: the frozen weights, as arrays of the working dtype.
+  """
+
+  gammas: tuple[jax.Array, ...]
+  betas: tuple[jax.Array, ...]
+  blocks: tuple[BlockReport, ...]
+  frozen: tuple[jax.Array, ...]
+
+  def apply(self, x: jax.Array) -> jax.Array:
+    """Runs the frozen network with these norms on `x` `[..., d_0]` (jitted)."""
+    return _apply_jit(self.frozen, self.gammas, self.betas, x)
+
+
+def apply_frozen(frozen: Sequence[jax.Array], gammas: Sequence[jax.Array],
+                 betas: Sequence[jax.Array], x: jax.Array) -> jax.Array:
+  """Evaluates the frozen network `z_k = gamma_k * (W_k h) + beta_k`, ReLU between.
+
+  Args:
+    frozen: weights `W_1 … W_L`, math layout `[out, in]`.
+    gammas: per-unit scales, `gammas[k]` `[out_k]`.
+    betas: per-unit shifts, `betas[k]` `[out_k]`.
+    x: inputs `[..., d_0]`.
+
+  Returns:
+    Outputs `[..., d_L]`; ReLU after every layer but the last.
+  """
+  h = x
+  for k, (w, g, b) in enumerate(zip(frozen, gammas, betas)):
+    h = g * (h @ w.T) + b
+    if k < len(frozen) - 1:
+      h = jax.nn.relu(h)
+  return h
+
+
+_apply_jit = jax.jit(apply_frozen)
+
+
+def _dense(a):
+  """An array from `a`; sparse matrices (`.todense()`) are densified."""
+  if hasattr(a, "todense") and not isinstance(a, (np.ndarray, jax.Array)):
+    a = np.asarray(a.todense())
+  return a
+
+
+def _shape(lead, *dims):
+  return "[" + ", ".join(str(d) for d in (*lead, *dims)) + "]"
+
+
+def _real(value):
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return math.nan
+
+
+def _check_args(target, frozen, radius, data, solver, tol, maxiter, lead=()):
+  """Validates everything before any compute; returns (target, frozen, dims, widths)."""
+  if solver not in SOLVERS:
+    raise ConfigError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+  if (radius is None) == (data is None):
+    raise ConfigError("give exactly one of radius= (a ball) or data= (a finite data set), "
+                      f"got radius={radius!r} and data={'None' if data is None else 'an array'}")
+  if radius is not None and not 0 <= _real(radius) < math.inf:
+    raise ConfigError(f"radius must be a finite number >= 0, got {radius!r}")
+  if tol is not None and not 0 < _real(tol) < 1:
+    raise ConfigError(f"tol must be a number in (0, 1), got {tol!r}")
+  if maxiter is not None and (isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Integral)
+                              or maxiter < 1):
+    raise ConfigError(f"maxiter must be a positive integer, got {maxiter!r}")
+  nl = len(lead)
+  target = [tuple(layer) if isinstance(layer, (tuple, list)) else layer for layer in target]
+  if not target:
+    raise ConfigError("target must have at least one (weight, bias) layer")
+  dims = []
+  for k, layer in enumerate(target):
+    if not isinstance(layer, tuple) or len(layer) != 2:
+      raise ConfigError(f"target[{k}] must be a (weight, bias) pair, got {type(layer).__name__}")
+    ws, bs = np.shape(layer[0]), np.shape(layer[1])
+    if len(ws) != 2 + nl or ws[:nl] != lead or bs != ws[:nl + 1]:
+      raise ConfigError(f"target[{k}]: weight must be {_shape(lead, 'out', 'in')} and bias "
+                        f"{_shape(lead, 'out')}, got shapes {ws} and {bs}")
+    if dims and ws[nl + 1] != dims[-1]:
+      raise ConfigError(f"target shapes don't chain: target[{k}] weight {ws} takes "
+                        f"{ws[nl + 1]} inputs but target[{k - 1}] gives {dims[-1]} outputs")
+    if not dims:
+      dims.append(ws[nl + 1])
+    dims.append(ws[nl])
+  frozen = [_dense(w) for w in frozen]
+  if len(frozen) != 2 * len(target):
+    raise ConfigError(f"a target of depth {len(target)} needs 2*{len(target)} = "
+                      f"{2 * len(target)} frozen matrices, got {len(frozen)}")
+  widths = []
+  for i in range(len(target)):
+    d_in, d_out = dims[i], dims[i + 1]
+    s1, s2 = np.shape(frozen[2 * i]), np.shape(frozen[2 * i + 1])
+    if len(s1) != 2 + nl or s1[:nl] != lead or s1[nl + 1] != d_in or s1[nl] < 1:
+      raise ConfigError(f"frozen[{2 * i}] (W_{2 * i + 1}, block {i + 1}) must be "
+                        f"{_shape(lead, f'm_{i + 1}', d_in)}, got shape {s1}")
+    m = s1[nl]
+    if s2 != (*lead, d_out, m):
+      raise ConfigError(f"frozen[{2 * i + 1}] (W_{2 * i + 2}, block {i + 1}) must be "
+                        f"{_shape(lead, d_out, m)} to chain with frozen[{2 * i}] {s1} and "
+                        f"target[{i}], got shape {s2}")
+    widths.append(m)
+  if data is not None:
+    ds = np.shape(data)
+    if len(ds) not in (2, 2 + nl) or ds[-1] != dims[0] or (len(ds) == 2 + nl and ds[:nl] != lead):
+      raise ConfigError(f"data must be [n, {dims[0]}]"
+                        + (f" or {_shape(lead, 'n', dims[0])}" if nl else "") + f", got shape {ds}")
+    if ds[-2] < 1:
+      raise ConfigError("data must hold at least one point")
+    if not np.all(np.isfinite(np.asarray(data))):
+      raise ConfigError("data must be finite (found NaN or inf)")
+  if solver == "lstsq":
+    for i, m in enumerate(widths):
+      if dims[i] * dims[i + 1] * m > LSTSQ_MAX_ENTRIES:
+        raise ConfigError(f"block {i + 1}: the dense system has {dims[i] * dims[i + 1] * m:.3g} "
+                          f"entries > {LSTSQ_MAX_ENTRIES:.3g}; use solver='cg'")
+  return target, frozen, tuple(int(d) for d in dims), tuple(int(m) for m in widths)
+
+
+def _check_width(i, m, d_in, d_out, allow_inexact):
+  if m < d_in * d_out and not allow_inexact:
+    raise ConfigError(f"block {i + 1}: width m_{i + 1} = {m} is below the minimum "
+                      f"d_{i + 1}*d_{i} = {d_out}*{d_in} = {d_in * d_out} for an exact "
+                      f"reconstruction (pass allow_inexact=True for a least-squares fit)")
+
+
+def _working_dtype(arrays):
+  dtype = jnp.result_type(*arrays)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.result_type(float)
+  return dtype
+
+
+def _unit_range(xp, w_in, h):
+  """Per-unit min and max of `h @ w_in.T` over the rows of `h`, ~4M entries at a time."""
+  n, m = h.shape[0], w_in.shape[0]
+  chunk = max(1, min(n, (1 << 22) // max(m, 1)))
+  h = h.astype(w_in.dtype)   # the same product, in the same dtype, as the network computes
+  if xp is np:
+    lo, hi = np.full(m, np.inf), np.full(m, -np.inf)
+    for start in range(0, n, chunk):
+      a = h[start:start + chunk] @ w_in.T
+      lo, hi = np.minimum(lo, a.min(0)), np.maximum(hi, a.max(0))
+    return lo, hi
+  nb = -(-n // chunk)
+  h = jnp.concatenate([h, jnp.broadcast_to(h[:1], (nb * chunk - n, h.shape[1]))])  # repeats a row
+
+  def one(hc):
+    a = hc @ w_in.T
+    return a.min(0), a.max(0)
+
+  lo, hi = jax.lax.map(one, h.reshape(nb, chunk, -1))
+  return lo.min(0), hi.max(0)
+
+
+def _block_norms(xp, w_in, w_out, gamma, bias, realised, radius, h):
+  """Steps 2–4 for one block, with `xp` = numpy (host) or jax.numpy (vmappable).
+
+  The big matrices stay in the working dtype; on the host the small vectors
+  are float64.
+
+  Returns:
+    `(beta_{2i-1}, beta_{2i}), next radius, next data, (max |beta|, input radius)`.
+  """
+  if h is None:
+    beta1 = xp.abs(gamma) * xp.linalg.norm(w_in, axis=1).astype(gamma.dtype) * radius
+    next_radius = xp.linalg.norm(realised, 2) * radius + xp.linalg.norm(bias)
+    in_radius, next_h = radius, None
+  else:
+    lo, hi = _unit_range(xp, w_in, h)
+    beta1 = xp.maximum(0, -xp.where(gamma >= 0, gamma * lo, gamma * hi))
+    next_h = xp.maximum(h @ realised.T + bias, 0)
+    in_radius, next_radius = xp.max(xp.linalg.norm(h, axis=1)), None
+  beta2 = bias - (w_out @ beta1.astype(w_out.dtype)).astype(bias.dtype)
+  max_shift = xp.maximum(xp.max(xp.abs(beta1)), xp.max(xp.abs(beta2)))
+  return (beta1, beta2), next_radius, next_h, (max_shift, in_radius)
+
+
+def _fail(i, m, n, solver, residual, tol, rank=None, iterations=None, status=None):
+  what = f"block {i + 1} (width m_{i + 1} = {m}, minimum {n})"
+  if rank is not None and rank < n:
+    why = f"the system is rank-deficient: rank {rank} < {n}"
+  elif status == krylov.STATIONARY:
+    why = "the system is rank-deficient (least-squares optimum reached)"
+  elif status == krylov.MAX_ITER:
+    why = (f"cg did not converge in {iterations} iterations (rank-deficient or ill-conditioned; "
+           "raise maxiter or use solver='lstsq')")
+  else:
+    why = "the solve is not accurate enough"
+  return ValueError(f"{what}: {why}; relative residual {residual:.3g} > tol {tol:.3g} "
+                    f"({solver}); pass allow_inexact=True to keep the least-squares fit")
+
+
+def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
+                tol: float | None = None, maxiter: int | None = None,
+                allow_inexact: bool = False) -> Reconstruction:
+  """Norm parameters with which the frozen network equals the target on a domain.
+
+  Not jittable (it validates, picks solvers and raises on values); the `cg`
+  block solve inside is jitted, and `reconstruct_batch` vmaps it over seeds.
+
+  Args:
+    target: `[(T_i [d_i, d_{i-1}], c_i [d_i]), ...]`, depth `l >= 1`.
+    frozen: the `2 l` frozen matrices `W_{2i-1}` `[m_i, d_{i-1}]`,
+      `W_{2i}` `[d_i, m_i]` (zeros for pruned weights; `.todense()`-able
+      sparse matrices are densified).
+    radius: the domain is the ball `||x|| <= radius`.
+    data: the domain is this finite set of inputs `[n, d_0]`. Exactly one of
+      `radius` and `data` must be given.
+    solver: `"lstsq"` (dense SVD in float64, reports the rank), `"cg"`
+      (matrix-free CGLS in the working dtype) or `"auto"` (`lstsq` when the
+      system has at most `LSTSQ_AUTO_ENTRIES` entries).
+    tol: a block counts as exact when its relative residual is `<= tol`;
+      default 1e-5 (float32), 1e-12 (float64). Also the `cg` stopping rule.
+    maxiter: `cg` iteration cap, default `krylov.default_maxiter`.
+    allow_inexact: keep the least-squares fit of blocks that cannot be exact
+      (width below `d_i d_{i-1}`, rank-deficient) instead of raising.
+
+  Returns:
+    A `Reconstruction`; the working dtype is that of the target and frozen
+    arrays (float64 only with `jax_enable_x64`).
+
+  Raises:
+    ValueError: bad arguments (before any compute), or a block that is not
+      exact (naming it, its width, the minimum width and the rank) unless
+      `allow_inexact`.
+  """
+  target, frozen, dims, widths = _check_args(target, frozen, radius, data, solver, tol, maxiter)
+  for i, m in enumerate(widths):
+    _check_width(i, m, dims[i], dims[i + 1], allow_inexact)
+  dtype = _working_dtype([a for layer in target for a in layer] + list(frozen))
+  frozen = tuple(jnp.asarray(w, dtype) for w in frozen)
+  tol = krylov.default_tol(dtype) if tol is None else float(tol)
+  r = None if radius is None else float(radius)
+  h = None if data is None else np.asarray(data, np.float64)
+  gammas, betas, reports = [], [], []
+  for i, (w_t, bias) in enumerate(target):
+    w_t = jnp.asarray(w_t, dtype)
+    w_in, w_out = frozen[2 * i], frozen[2 * i + 1]
+    m, n = widths[i], dims[i] * dims[i + 1]
+    use = solver if solver != "auto" else ("lstsq" if n * m <= LSTSQ_AUTO_ENTRIES else "cg")
+    rank = iterations = status = None
+    if use == "lstsq":   # realised: the block as computed, T' = K gamma
+      gamma, realised, residual, rank = krylov.lstsq_min_norm(w_in, w_out, w_t, dtype)
+      exact = rank >= n and residual <= tol
+    else:
+      res = krylov.solve_min_norm(w_in, w_out, w_t, tol=tol, maxiter=maxiter)
+      gamma, residual = res.gamma, float(res.residual)
+      iterations, status = int(res.iterations), int(res.status)
+      realised = res.realised
+      exact = residual <= tol
+    if not exact and not allow_inexact:
+      raise _fail(i, m, n, use, residual, tol, rank, iterations, status)
+    # Shifts on the host (cheap next to the solve, and nothing to compile).
+    small = [np.asarray(a, np.float64) for a in (gamma, bias, realised)]
+    (beta1, beta2), r, h, (max_shift, in_radius) = _block_norms(
+        np, np.asarray(w_in), np.asarray(w_out), *small, r, h)
+    np_dtype = np.dtype(dtype)   # convert on the host: no per-shape compiles
+    gammas += [gamma, jnp.asarray(np.ones(dims[i + 1], np_dtype))]
+    betas += [jnp.asarray(beta1.astype(np_dtype)), jnp.asarray(beta2.astype(np_dtype))]
+    reports.append(BlockReport(i + 1, use, m, n, residual, rank, iterations,
+                               float(max_shift), float(in_radius), bool(exact)))
+  return Reconstruction(tuple(gammas), tuple(betas), tuple(reports), frozen)
+
+
+def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | None = None,
+                      maxiter: int | None = None, allow_inexact: bool = False) -> Reconstruction:
+  """`reconstruct` with `cg` for `S` independent networks (seeds) in one program.
+
+  Every target and frozen array carries a leading seed axis `[S, ...]`; each
+  block is one jitted `jax.vmap` of the CGLS solve and the shifts over that
+  axis (the loop runs until the slowest seed has converged).
+
+  Args:
+    target: `[(T_i [S, d_i, d_{i-1}], c_i [S, d_i]), ...]`.
+    frozen: `2 l` matrices `[S, m_i, d_{i-1}]`, `[S, d_i, m_i]`.
+    radius: the ball `||x|| <= radius`, shared by all seeds.
+    data: `[n, d_0]` shared by all seeds, or `[S, n, d_0]`.
+    tol: as in `reconstruct`.
+    maxiter: as in `reconstruct`.
+    allow_inexact: as in `reconstruct`; otherwise any seed whose block is not
+      exact raises.
+
+  Returns:
+    A `Reconstruction` whose `gammas`, `betas` and `frozen` have the leading
+    seed axis, whose `BlockReport` fields `residual`, `iterations`,
+    `max_shift`, `input_radius`, `exact` are `[S]` numpy arrays (`rank` is
+    None), and whose `apply(x)` maps shared inputs `[..., d_0]` to
+    `[S, ..., d_L]`.
+  """
+  if not len(frozen) or np.ndim(_dense(frozen[0])) != 3:
+    raise ConfigError("reconstruct_batch needs frozen matrices with a leading seed axis [S, ...]")
+  lead = (int(np.shape(_dense(frozen[0]))[0]),)
+  target, frozen, dims, widths = _check_args(target, frozen, radius, data, "cg", tol, maxiter,
+                                             lead=lead)
+  for i, m in enumerate(widths):
+    _check_width(i, m, dims[i], dims[i + 1], allow_inexact)
+  dtype = _working_dtype([a for layer in target for a in layer] + list(frozen))
+  frozen = tuple(jnp.asarray(w, dtype) for w in frozen)
+  tol = krylov.default_tol(dtype) if tol is None else float(tol)
+  r = None if radius is None else jnp.asarray(radius, dtype)
+  h = None if data is None else jnp.asarray(data, dtype)
+  gammas, betas, reports = [], [], []
+  for i, (w_t, bias) in enumerate(target):
+    w_in, w_out = frozen[2 * i], frozen[2 * i + 1]
+    n = dims[i] * dims[i + 1]
+    block = _batched_block(tol, krylov.default_maxiter(n) if maxiter is None else maxiter,
+                           None if r is None or r.ndim == 0 else 0,
+                           None if h is None or h.ndim == 2 else 0)
+    res, (beta1, beta2), r, h, (max_shift, in_radius) = block(
+        w_in, w_out, jnp.asarray(w_t, dtype), jnp.asarray(bias, dtype), r, h)
+    residual = np.asarray(res.residual)
+    exact = residual <= tol
+    if not exact.all() and not allow_inexact:
+      bad = np.flatnonzero(~exact)
+      err = _fail(i, widths[i], n, "cg", float(residual[bad[0]]), tol,
+                  iterations=int(res.iterations[bad[0]]), status=int(res.status[bad[0]]))
+      raise ValueError(f"seeds {bad.tolist()}: {err}")
+    gammas += [res.gamma, jnp.ones((lead[0], dims[i + 1]), dtype)]
+    betas += [beta1, beta2]
+    reports.append(BlockReport(i + 1, "cg", widths[i], n, residual, None,
+                               np.asarray(res.iterations), np.asarray(max_shift),
+                               np.asarray(in_radius), exact))
+  return _BatchedReconstruction(tuple(gammas), tuple(betas), tuple(reports), frozen)
+
+
+@functools.lru_cache(maxsize=32)
+def _batched_block(tol, maxiter, r_axis, h_axis):
+  """A jitted vmap over seeds of (cg solve, shifts) for one block."""
+
+  def one(w_in, w_out, t, bias, r, h):
+    res = krylov.solve_min_norm(w_in, w_out, t, tol=tol, maxiter=maxiter)
+    return (res,) + _block_norms(jnp, w_in, w_out, res.gamma, bias, res.realised, r, h)
+
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, r_axis, h_axis)))
+
+
+class _BatchedReconstruction(Reconstruction):
+  """A `Reconstruction` with a leading seed axis; `apply` maps over it."""
+
+  def apply(self, x: jax.Array) -> jax.Array:
+    """Runs every seed's network on the shared inputs `x` `[..., d_0]` -> `[S, ..., d_L]`."""
+    return _apply_batch_jit(self.frozen, self.gammas, self.betas, x)
+
+
+_apply_batch_jit = jax.jit(jax.vmap(apply_frozen, in_axes=(0, 0, 0, None)))
