@@ -32,7 +32,8 @@ def median_band(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[
     if q25 is not None:
       ax.fill_between(x, q25, q75, color=line.get_color(), alpha=0.25, linewidth=0)
   if diagonal:
-    lo, hi = ax.get_xlim()
+    values = [v for x, med, _, _ in series.values() for v in (*x, *med)]
+    lo, hi = min(values), max(values)
     ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="y = x")
   if logx:
     ax.set_xscale("log", base=2)
