@@ -1,0 +1,30 @@
+"""Small pytree utilities shared by the fitting and training loops."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def to_host(tree):
+  """Copies every leaf of `tree` to a numpy array on the host."""
+  return jax.tree.map(np.asarray, tree)
+
+
+def bit_identical(a, b) -> bool:
+  """True when `a` and `b` have the same structure and byte-identical leaves.
+
+  Args:
+    a: a pytree of arrays.
+    b: another pytree of arrays.
+
+  Returns:
+    Whether every pair of leaves has the same dtype, shape and bytes
+    (so `-0.0` differs from `+0.0`, and identical NaNs are equal).
+  """
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  if tree_a != tree_b:
+    return False
+  return all(x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+             for x, y in zip(map(np.asarray, leaves_a), map(np.asarray, leaves_b)))
