@@ -3,6 +3,8 @@ r"""Fit frozen random networks to random targets by tuning only their norms.
   python -m experiments.fit_target --workdir=/tmp/fit_target
   python -m experiments.fit_target --workdir=/tmp/fit_sparse --sparsity=0.25 \
       --width_multipliers=1,4,16 --seeds=16
+  python -m experiments.fit_target --workdir=/tmp/fit_all --optimizers=all \
+      --width_multipliers=1,2 --seeds=16
 
 Writes config.json, results.json, metrics.csv, curves.csv and
 rel_mse_vs_width.png into --workdir and prints the results table.
@@ -23,10 +25,18 @@ MULTIPLIERS = flags.DEFINE_list(
     "Hidden width of each random block as a multiple of d_in*d_out of its target layer.")
 WIDTHS = flags.DEFINE_list("widths", [], "Explicit hidden widths instead of --width_multipliers.")
 SEEDS = flags.DEFINE_integer("seeds", _D.seeds, "Seeds fitted at once per width.")
-STEPS = flags.DEFINE_integer("steps", _D.steps, "Optimizer steps.")
+OPTIMIZER = flags.DEFINE_string("optimizer", _D.optimizers[0],
+                                "Fitting method: adam | lbfgs | lm | distill.")
+OPTIMIZERS = flags.DEFINE_list("optimizers", [],
+                               "Several methods compared side by side (or 'all'); replaces "
+                               "--optimizer.")
+STEPS = flags.DEFINE_integer("steps", _D.steps,
+                             "Optimizer steps (default: per optimizer, adam 2000, lbfgs 500, "
+                             "lm 100, distill 10).")
 CHUNK_STEPS = flags.DEFINE_integer("chunk_steps", _D.chunk_steps,
-                                   "Steps per compiled chunk (progress is logged in between).")
-BATCH_SIZE = flags.DEFINE_integer("batch_size", _D.batch_size, "Fresh inputs per step.")
+                                   "Steps per compiled chunk (progress is logged in between; "
+                                   "default per optimizer).")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", _D.batch_size, "Fresh inputs per step (adam).")
 LEARNING_RATE = flags.DEFINE_float("learning_rate", _D.learning_rate, "Peak learning rate.")
 SCHEDULE = flags.DEFINE_string("schedule", _D.schedule, "constant | cosine.")
 NORM = flags.DEFINE_string("norm", _D.norm, "affine | batchnorm | layernorm.")
@@ -37,7 +47,13 @@ INPUTS = flags.DEFINE_string("input_distribution", _D.input_distribution, "ball 
 EVAL_SIZE = flags.DEFINE_integer("eval_size", _D.eval_size, "Held-out inputs per seed.")
 SEED = flags.DEFINE_integer("seed", _D.seed, "Base random seed.")
 INIT = flags.DEFINE_string("init", _D.init,
-                           "standard | construct (start from the exact reconstruction).")
+                           "standard | linear (wide units in their linear regime) | construct "
+                           "(oracle: the exact reconstruction from the target's weights).")
+FIT_SIZE = flags.DEFINE_integer("fit_size", _D.fit_size,
+                                "Fixed inputs (target evaluations) of lbfgs, lm and distill.")
+RESTARTS = flags.DEFINE_integer("restarts", _D.restarts, "Random students per seed (distill).")
+STUDENT_STEPS = flags.DEFINE_integer("student_steps", _D.student_steps,
+                                     "Levenberg-Marquardt steps on the student (distill).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -47,14 +63,18 @@ def main(argv):
   common.log_environment()
   if WIDTHS.value and flags.FLAGS["width_multipliers"].present:
     common.fail("give --widths or --width_multipliers, not both")
+  if OPTIMIZERS.value and flags.FLAGS["optimizer"].present:
+    common.fail("give --optimizer or --optimizers, not both")
   config = fit_target.Config(
       target_widths=common.int_list(TARGET_WIDTHS.value),
       width_multipliers=common.float_list(MULTIPLIERS.value),
-      widths=common.int_list(WIDTHS.value), seeds=SEEDS.value, steps=STEPS.value,
+      widths=common.int_list(WIDTHS.value), seeds=SEEDS.value,
+      optimizers=tuple(OPTIMIZERS.value) or (OPTIMIZER.value,), steps=STEPS.value,
       chunk_steps=CHUNK_STEPS.value, batch_size=BATCH_SIZE.value,
       learning_rate=LEARNING_RATE.value, schedule=SCHEDULE.value, norm=NORM.value,
       sparsity=SPARSITY.value, radius=RADIUS.value, input_distribution=INPUTS.value,
-      eval_size=EVAL_SIZE.value, seed=SEED.value, init=INIT.value)
+      eval_size=EVAL_SIZE.value, seed=SEED.value, init=INIT.value, fit_size=FIT_SIZE.value,
+      restarts=RESTARTS.value, student_steps=STUDENT_STEPS.value)
   results = common.run_or_exit(lambda: fit_target.run(config, WORKDIR.value))
   print(fit_target.table(results["rows"]))
   print(f"frozen weights bit-identical after fitting: {results['frozen_unchanged']}")

@@ -1,12 +1,26 @@
 """Fitting many frozen networks' norms to their targets in one compiled program.
 
 Each seed draws its own frozen `NormMLP` (and, unless a target is given, its
-own random target), then only the normalization leaves are fitted by an optax
-optimizer to the target's outputs on fresh inputs drawn from the domain at
-every step. The seed axis is batched with `jax.vmap` (or `jax.lax.map`), steps
-run under `jax.lax.scan` in chunks so progress can be reported in between.
-Only the trainable partition is differentiated: no gradient is ever computed
-for a frozen weight, and no optimizer state is kept for one.
+own random target), then only the normalization leaves are fitted to the
+target's outputs — the target is a black box, evaluated on inputs drawn from
+the domain (`models.apply_target(target, x)`), its weights never read. Methods
+(`FitSpec.optimizer`):
+
+* `adam`: Adam on fresh inputs at every step (`batch_size * steps` target
+  evaluations per seed);
+* `lbfgs`: `optax.lbfgs` with its zoom line search on a fixed batch of
+  `fit_size` inputs (evaluated once);
+* `lm`: Levenberg–Marquardt on that fixed batch (`jaxnorm.second_order`);
+* `distill`: fit a target-shaped student MLP to the fixed batch (best of
+  `restarts`), write it into the norms by the exact construction, then
+  Levenberg–Marquardt on the norms (`jaxnorm.distill`).
+
+The seed axis is batched with `jax.vmap` (or `jax.lax.map`), steps run under
+`jax.lax.scan` in chunks so progress can be reported in between. Only the
+trainable partition is differentiated: no gradient is ever computed for a
+frozen weight, and no optimizer state is kept for one. A seed whose loss or
+parameters become non-finite is marked diverged and keeps its last finite
+parameters; the others carry on.
 """
 
 from __future__ import annotations
@@ -19,19 +33,26 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from absl import logging
 
 from jaxnorm import construct
 from jaxnorm import domain
 from jaxnorm import freeze
 from jaxnorm import jit
 from jaxnorm import models
+from jaxnorm import steps
 from jaxnorm import validate
 
 SCHEDULES = ("constant", "cosine")
-INITS = ("standard", "construct")
-OPTIMIZERS = ("adam",)
+INITS = ("standard", "linear", "construct")
+OPTIMIZERS = ("adam", "lbfgs", "lm", "distill")
 BATCHINGS = ("vmap", "map")
+# distill on Gaussian inputs (no bounded domain): the shifts keep the wide units linear on
+# the fixed batch scaled by this factor, so that fresh inputs a little beyond it stay covered.
+GAUSSIAN_MARGIN = 1.5
+# Defaults of `steps` / `chunk_steps` per optimizer (a step of `lm` costs ~1000 of `adam`).
+DEFAULT_STEPS = {"adam": 2000, "lbfgs": 500, "lm": 100, "distill": 10}
+DEFAULT_CHUNK_STEPS = {"adam": 250, "lbfgs": 100, "lm": 10, "distill": 5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,28 +65,39 @@ class FitSpec:
       block; the frozen network has widths `[d_0, m_1, d_1, ..., m_l, d_l]`.
     norm: `"affine"`, `"batchnorm"` or `"layernorm"`.
     keep_prob: keep-probability `p` of each frozen weight.
-    steps: optimizer steps.
-    chunk_steps: steps per compiled `scan` chunk (progress is reported between).
-    batch_size: fresh inputs per step.
-    learning_rate: peak learning rate.
-    schedule: `"constant"` or `"cosine"` (decay to 0 over `steps`).
-    optimizer: `"adam"`.
+    steps: optimizer steps (`None`: `DEFAULT_STEPS[optimizer]`); for
+      `distill`, the Levenberg–Marquardt steps on the norms after the
+      construction.
+    chunk_steps: steps per compiled `scan` chunk (progress is reported
+      between; `None`: `DEFAULT_CHUNK_STEPS[optimizer]`).
+    batch_size: fresh inputs per step (`adam`).
+    learning_rate: peak learning rate (`adam`; `lbfgs` uses its line search).
+    schedule: `"constant"` or `"cosine"` (decay to 0 over `steps`; `adam`).
+    optimizer: one of `OPTIMIZERS` (see the module docstring).
     input_distribution: `"ball"` or `"gaussian"` (see `domain.sample_inputs`).
     radius: radius of the input domain.
     eval_size: held-out inputs per seed for the final relative MSE.
     seed: base seed; seed `s` uses `fold_in(key(seed), s)`.
-    init: `"standard"` (scale 1, shift 0) or `"construct"`: start the norms from
-      the exact reconstruction of each seed's target (`jaxnorm.reconstruct_batch`,
-      least-squares fit where a block is narrower than `d_in * d_out`); needs the
-      target's weights, `norm="affine"` and inputs in the ball.
+    init: `"standard"` (scale 1, shift 0); `"linear"`: shifts that put every
+      unit of each block's wide layer in ReLU's linear regime, computed from
+      the frozen weights alone (`distill.linear_regime_norms`; `norm="affine"`);
+      or `"construct"`: the exact reconstruction of each seed's target
+      (`jaxnorm.reconstruct_batch`, least-squares fit where a block is narrower
+      than `d_in * d_out`) — an oracle: it reads the target's weights; needs
+      `norm="affine"` and inputs in the ball. `distill` makes its own start and
+      needs `"standard"`.
+    fit_size: inputs of the fixed batch (`lbfgs`, `lm`, `distill`): the
+      target is evaluated on them once.
+    restarts: random students tried per seed (`distill`).
+    student_steps: Levenberg–Marquardt steps on the student (`distill`).
   """
 
   target_widths: Sequence[int]
   hidden_widths: Sequence[int]
   norm: str = "affine"
   keep_prob: float = 1.0
-  steps: int = 2000
-  chunk_steps: int = 250
+  steps: Optional[int] = None
+  chunk_steps: Optional[int] = None
   batch_size: int = 256
   learning_rate: float = 1e-2
   schedule: str = "cosine"
@@ -75,10 +107,22 @@ class FitSpec:
   eval_size: int = 4096
   seed: int = 0
   init: str = "standard"
+  fit_size: int = 512
+  restarts: int = 16
+  student_steps: int = 100
 
   def __post_init__(self):
     object.__setattr__(self, "target_widths", tuple(self.target_widths))
     object.__setattr__(self, "hidden_widths", tuple(self.hidden_widths))
+    if self.steps is None and self.optimizer in DEFAULT_STEPS:
+      object.__setattr__(self, "steps", DEFAULT_STEPS[self.optimizer])
+    if self.chunk_steps is None and self.optimizer in DEFAULT_CHUNK_STEPS:
+      object.__setattr__(self, "chunk_steps", DEFAULT_CHUNK_STEPS[self.optimizer])
+
+  @property
+  def evals(self) -> int:
+    """Target evaluations per seed for fitting (the held-out set not counted)."""
+    return self.fit_size if self.optimizer in steps.FULL_BATCH else self.batch_size * self.steps
 
   @property
   def network_widths(self) -> tuple[int, ...]:
@@ -109,17 +153,24 @@ def check_spec(spec: FitSpec) -> FitSpec:
         f"need one hidden width per target layer: {len(target) - 1} for target widths "
         f"{list(target)}, got {list(hidden)}")
   validate.one_of("norm kind", spec.norm, models.NORM_KINDS)
+  validate.one_of("optimizer", spec.optimizer, OPTIMIZERS)
   validate.probability("keep probability p", spec.keep_prob)
-  for name in ("steps", "chunk_steps", "batch_size", "eval_size"):
+  for name in ("steps", "chunk_steps", "batch_size", "eval_size", "fit_size", "restarts",
+               "student_steps"):
     validate.positive_int(name, getattr(spec, name))
   if spec.norm == "batchnorm" and spec.batch_size < 2:
     raise validate.ConfigError("batchnorm needs batch_size >= 2")
   validate.positive_float("learning_rate", spec.learning_rate)
   validate.positive_float("radius", spec.radius)
   validate.one_of("schedule", spec.schedule, SCHEDULES)
-  validate.one_of("optimizer", spec.optimizer, OPTIMIZERS)
   validate.one_of("input distribution", spec.input_distribution, domain.INPUT_DISTRIBUTIONS)
   validate.one_of("init", spec.init, INITS)
+  if spec.optimizer == "distill" and (spec.norm != "affine" or spec.init != "standard"):
+    raise validate.ConfigError(
+        f"optimizer=distill constructs affine norms from its student: it needs norm=affine and "
+        f"init=standard, got norm={spec.norm}, init={spec.init}")
+  if spec.init == "linear" and spec.norm != "affine":
+    raise validate.ConfigError(f"init=linear needs norm=affine, got norm={spec.norm}")
   if spec.init == "construct" and (spec.norm, spec.input_distribution) != ("affine", "ball"):
     raise validate.ConfigError(
         f"init=construct needs norm=affine and input_distribution=ball (the construction is "
@@ -129,26 +180,9 @@ def check_spec(spec: FitSpec) -> FitSpec:
   return spec
 
 
-def make_optimizer(spec: FitSpec) -> optax.GradientTransformation:
-  """The optax optimizer (with its schedule) that `spec` names."""
-  if spec.schedule == "cosine":
-    lr = optax.cosine_decay_schedule(spec.learning_rate, spec.steps)
-  else:
-    lr = spec.learning_rate
-  return optax.adam(lr)
-
-
-class FitState(NamedTuple):
-  """One seed's state (a leading seed axis is added when batched)."""
-  trainable: Any      # {path: leaf}, the normalization leaves
-  frozen: Any         # {path: leaf}, everything else; passed through untouched
-  batch_stats: Any    # BatchNorm running statistics ({} for other kinds)
-  opt_state: Any      # optimizer state for `trainable` only
-  step: jax.Array
-  data_key: jax.Array
-  target: Any         # [(W, b), ...] this seed's target
-  target_var: jax.Array  # variance of the target's outputs on the held-out set
-  eval_x: jax.Array   # held-out inputs
+make_optimizer = steps.make_optimizer
+FULL_BATCH = steps.FULL_BATCH
+FitState = steps.FitState
 
 
 class FitResult(NamedTuple):
@@ -156,25 +190,31 @@ class FitResult(NamedTuple):
 
   Attributes:
     seed_ids: the seed ids fitted, `[S]`.
-    loss_curve: mean training relative MSE of each chunk, `[S, n_chunks]`.
+    loss_curve: mean training relative MSE of each chunk, `[S, n_chunks]`
+      (NaN once a seed has diverged).
     chunk_steps: the step count at the end of each chunk, `[n_chunks]`.
-    rel_mse: held-out relative MSE (MSE / variance of the target output), `[S]`.
+    rel_mse: held-out relative MSE (MSE / variance of the target output), `[S]`,
+      of each seed's last finite parameters.
+    diverged: `[S]` bool, the seed's loss or parameters went non-finite.
     params: final parameter trees (leading seed axis).
     batch_stats: final BatchNorm statistics (`{}` unless norm="batchnorm").
     targets: each seed's target `[(W[S, out, in], b[S, out]), ...]`.
     frozen_unchanged: every frozen leaf is bit-identical before and after.
     trainable_params: tunable numbers per seed.
+    evals: target evaluations per seed used for fitting (`FitSpec.evals`).
     seconds: wall time of the whole fit, compilation included.
   """
   seed_ids: np.ndarray
   loss_curve: np.ndarray
   chunk_steps: np.ndarray
   rel_mse: np.ndarray
+  diverged: np.ndarray
   params: Any
   batch_stats: Any
   targets: Any
   frozen_unchanged: bool
   trainable_params: int
+  evals: int
   seconds: float
 
 
@@ -183,23 +223,9 @@ class ChunkReport(NamedTuple):
   chunk: int
   n_chunks: int
   step: int
-  median_loss: float
+  median_loss: float        # over the seeds that have not diverged
   steps_per_second: float
-
-
-def _apply(model, spec, params, batch_stats, x, train):
-  variables = {"params": params}
-  if spec.norm == "batchnorm":
-    variables["batch_stats"] = batch_stats
-    if train:
-      out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-      return out, updates["batch_stats"]
-  return model.apply(variables, x), batch_stats
-
-
-def _seed_keys(spec: FitSpec, seed_id):
-  """Keys of seed `seed_id`: (frozen net, target, data stream, held-out set)."""
-  return jax.random.split(jax.random.fold_in(jax.random.key(spec.seed), seed_id), 4)
+  diverged: int = 0         # seeds diverged so far
 
 
 def heldout_inputs(spec: FitSpec, seed_id: int) -> jax.Array:
@@ -212,59 +238,8 @@ def heldout_inputs(spec: FitSpec, seed_id: int) -> jax.Array:
   Returns:
     The same points `fit_seeds` evaluates that seed's relative MSE on.
   """
-  return domain.sample_inputs(_seed_keys(spec, seed_id)[3], spec.eval_size,
+  return domain.sample_inputs(steps.seed_keys(spec, seed_id)[3], spec.eval_size,
                               spec.target_widths[0], spec.radius, spec.input_distribution)
-
-
-def _init_seed(spec: FitSpec, seed_id, fixed_target):
-  model, tx = spec.model(), make_optimizer(spec)
-  k_net, k_target, k_data, k_eval = _seed_keys(spec, seed_id)
-  d_in = spec.target_widths[0]
-  variables = model.init(k_net, jnp.zeros((1, d_in)))
-  params = variables["params"]
-  trainable, frozen = freeze.partition(params, freeze.norm_mask(params))
-  target = fixed_target if fixed_target is not None else models.init_target(
-      k_target, spec.target_widths)
-  eval_x = domain.sample_inputs(k_eval, spec.eval_size, d_in, spec.radius,
-                                spec.input_distribution)
-  target_var = jnp.var(models.apply_target(target, eval_x), axis=0).mean()
-  return FitState(trainable, frozen, variables.get("batch_stats", {}), tx.init(trainable),
-                  jnp.zeros((), jnp.int32), k_data, target, target_var, eval_x)
-
-
-def _rel_mse(out, y, target_var):
-  return jnp.mean((out - y) ** 2) / (target_var + 1e-12)
-
-
-def _run_chunk(spec: FitSpec, length: int, state: FitState):
-  """`length` optimizer steps of one seed; returns (state, mean loss)."""
-  model, tx = spec.model(), make_optimizer(spec)
-
-  def loss_fn(trainable, frozen, batch_stats, x, y, target_var):
-    out, batch_stats = _apply(model, spec, freeze.combine(trainable, frozen), batch_stats,
-                              x, train=True)
-    return _rel_mse(out, y, target_var), batch_stats
-
-  def step(state: FitState, _):
-    x = domain.sample_inputs(jax.random.fold_in(state.data_key, state.step), spec.batch_size,
-                             spec.target_widths[0], spec.radius, spec.input_distribution)
-    y = models.apply_target(state.target, x)
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.trainable, state.frozen, state.batch_stats, x, y, state.target_var)
-    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
-    return state._replace(trainable=trainable, batch_stats=batch_stats, opt_state=opt_state,
-                          step=state.step + 1), loss
-
-  state, losses = jax.lax.scan(step, state, None, length=length)
-  return state, losses.mean()
-
-
-def _evaluate(spec: FitSpec, state: FitState):
-  model = spec.model()
-  out, _ = _apply(model, spec, freeze.combine(state.trainable, state.frozen),
-                  state.batch_stats, state.eval_x, train=False)
-  return _rel_mse(out, models.apply_target(state.target, state.eval_x), state.target_var)
 
 
 def _batched(fn: Callable, batching: str, fixed_args: int = 0) -> Callable:
@@ -280,27 +255,39 @@ def _batched(fn: Callable, batching: str, fixed_args: int = 0) -> Callable:
 
 @functools.lru_cache(maxsize=64)
 def _compiled(spec: FitSpec, batching: str, length: int):
-  return jax.jit(_batched(functools.partial(_run_chunk, spec, length), batching),
+  return jax.jit(_batched(functools.partial(steps.run_chunk, spec, length), batching),
                  donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_init(spec: FitSpec, batching: str, fixed_target: bool):
   if fixed_target:
-    return jit.one_shot_jit(_batched(lambda t, s: _init_seed(spec, s, t), batching, fixed_args=1))
-  return jit.one_shot_jit(_batched(lambda s: _init_seed(spec, s, None), batching))
+    return jit.one_shot_jit(_batched(lambda t, s: steps.init_seed(spec, s, t), batching,
+                                     fixed_args=1))
+  return jit.one_shot_jit(_batched(lambda s: steps.init_seed(spec, s, None), batching))
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_eval(spec: FitSpec, batching: str):
-  return jit.one_shot_jit(_batched(functools.partial(_evaluate, spec), batching))
+  return jit.one_shot_jit(_batched(functools.partial(steps.evaluate, spec), batching))
 
 
-def _constructed_norms(spec: FitSpec, state: FitState):
-  """Per-seed norms of the reconstruction of each seed's target (batched `cg`)."""
+@functools.lru_cache(maxsize=64)
+def _compiled_start(spec: FitSpec, batching: str, what: str):
+  fn = {"linear": steps.linear_start, "students": steps.fit_students,
+        "opt_state": lambda spec, s: steps.init_opt_state(spec, s.trainable)}[what]
+  return jax.jit(_batched(functools.partial(fn, spec), batching))
+
+
+def _constructed_norms(spec: FitSpec, state: FitState, layers, data=None):
+  """Per-seed norms that realise `layers` `[(W[S, out, in], b[S, out]), ...]` (batched `cg`).
+
+  The domain is the ball of radius `spec.radius`, or the points `data` `[S, n, d_0]`.
+  """
   n_layers = len(spec.network_widths) - 1
   frozen = [jnp.swapaxes(state.frozen[(f"dense_{k}", "kernel")], 1, 2) for k in range(n_layers)]
-  rec = construct.reconstruct_batch(state.target, frozen, radius=spec.radius, allow_inexact=True)
+  domain_arg = {"radius": spec.radius} if data is None else {"data": data}
+  rec = construct.reconstruct_batch(layers, frozen, allow_inexact=True, **domain_arg)
   trainable = {}
   for k in range(n_layers):
     trainable[(f"norm_{k}", "scale")] = rec.gammas[k]
@@ -308,6 +295,30 @@ def _constructed_norms(spec: FitSpec, state: FitState):
   if set(trainable) != set(state.trainable):
     raise AssertionError("constructed norms do not match the model's norm leaves")
   return trainable
+
+
+def _distilled(spec: FitSpec, batching: str, state: FitState) -> FitState:
+  """`distill`: fit students, construct their norms; a failed seed keeps its norms, diverged.
+
+  The construction holds on the ball of radius `spec.radius` (`"ball"` inputs),
+  or (`"gaussian"`) on the fixed batch scaled by `GAUSSIAN_MARGIN`.
+  """
+  t0 = time.perf_counter()
+  students, loss = _compiled_start(spec, batching, "students")(state)
+  loss = np.asarray(loss)
+  t1 = time.perf_counter()
+  data = None if spec.input_distribution == "ball" else GAUSSIAN_MARGIN * state.fit_x
+  trainable = _constructed_norms(spec, state, students, data)
+  ok = np.isfinite(loss)
+  for v in trainable.values():
+    ok &= np.isfinite(np.asarray(v)).reshape(len(ok), -1).all(axis=1)
+  logging.info("distill: students of %d seeds in %.1f s (relative MSE on the fixed batch: "
+               "median %.3g, max %.3g), norms constructed in %.1f s; %d failed", ok.size,
+               t1 - t0, np.median(loss), np.max(loss), time.perf_counter() - t1, (~ok).sum())
+  keep = jnp.asarray(ok)
+  trainable = {p: jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, state.trainable[p])
+               for p, v in trainable.items()}
+  return state._replace(trainable=trainable, diverged=state.diverged | ~keep)
 
 
 def _to_host(tree):
@@ -333,7 +344,8 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
     seed_ids: integer seed ids; seed `s` always draws the same frozen network,
       target, data and held-out set, whatever else is fitted beside it.
     target: optional fixed target `[(W[out, in], b[out]), ...]` shared by all
-      seeds; by default each seed draws its own random target.
+      seeds; by default each seed draws its own random target. Either way the
+      methods only evaluate it on inputs they sample.
     on_chunk: optional callback receiving a `ChunkReport` after every chunk.
     batching: `"vmap"` (one program for all seeds) or `"map"` (`jax.lax.map`).
 
@@ -355,9 +367,15 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
   ids = jnp.asarray(seed_ids, jnp.int32)
   init = _compiled_init(spec, batching, target is not None)
   state = init(target, ids) if target is not None else init(ids)
-  if spec.init == "construct":
-    state = state._replace(trainable=_constructed_norms(spec, state))
   frozen_before = _to_host(state.frozen)
+  if spec.init == "construct":   # oracle: reads the target's weights
+    state = state._replace(trainable=_constructed_norms(spec, state, state.target))
+  elif spec.init == "linear":
+    state = _compiled_start(spec, batching, "linear")(state)
+  if spec.optimizer == "distill":
+    state = _distilled(spec, batching, state)
+  if spec.init != "standard" or spec.optimizer == "distill":
+    state = state._replace(opt_state=_compiled_start(spec, batching, "opt_state")(state))
   trainable_params = sum(int(np.prod(v.shape[1:])) for v in jax.tree.leaves(state.trainable))
 
   lengths = [spec.chunk_steps] * (spec.steps // spec.chunk_steps)
@@ -372,13 +390,16 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
     curve.append(loss)
     ends.append(done)
     if on_chunk is not None:
-      on_chunk(ChunkReport(i, len(lengths), done, float(np.median(loss)),
-                           length / (time.perf_counter() - t0)))
+      live = loss[np.isfinite(loss)]
+      on_chunk(ChunkReport(i, len(lengths), done,
+                           float(np.median(live)) if live.size else float("nan"),
+                           length / (time.perf_counter() - t0), int(loss.size - live.size)))
   rel_mse = np.asarray(_compiled_eval(spec, batching)(state))
   frozen_unchanged = _bit_identical(frozen_before, _to_host(state.frozen))
   params = _to_host(freeze.combine(state.trainable, state.frozen))
   return FitResult(seed_ids=seed_ids, loss_curve=np.stack(curve, axis=1),
-                   chunk_steps=np.asarray(ends), rel_mse=rel_mse, params=params,
+                   chunk_steps=np.asarray(ends), rel_mse=rel_mse,
+                   diverged=np.asarray(state.diverged), params=params,
                    batch_stats=_to_host(state.batch_stats), targets=_to_host(state.target),
                    frozen_unchanged=frozen_unchanged, trainable_params=trainable_params,
-                   seconds=time.perf_counter() - start)
+                   evals=spec.evals, seconds=time.perf_counter() - start)

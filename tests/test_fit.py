@@ -1,18 +1,31 @@
 """Tests for jaxnorm.fit: many seeds in one program, frozen leaves untouched."""
 
 import dataclasses
+import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
 
 import jaxnorm
 from jaxnorm import fit
+from jaxnorm import steps
 from tests.conftest import bit_identical
 
 TINY = jaxnorm.FitSpec(target_widths=(3, 4, 2), hidden_widths=(12, 8), steps=40, chunk_steps=20,
                        batch_size=32, eval_size=256, learning_rate=1e-2)
+# One tiny spec per fitting method (each compiles once; tests share them).
+METHODS = {
+    "adam": TINY,
+    "lbfgs": dataclasses.replace(TINY, optimizer="lbfgs", steps=30, chunk_steps=15, fit_size=64),
+    "lm": dataclasses.replace(TINY, optimizer="lm", steps=8, chunk_steps=4, fit_size=64,
+                              init="linear"),
+    "distill": dataclasses.replace(TINY, optimizer="distill", steps=2, chunk_steps=2,
+                                   fit_size=64, restarts=4, student_steps=20),
+}
+SEEDS = [0, 1, 2]
 
 
 def _initial_params(spec, seed_ids):
@@ -102,6 +115,118 @@ def test_uneven_chunks_and_progress_callback():
   assert result.trainable_params == 2 * (12 + 4 + 8 + 2)
 
 
+@functools.lru_cache(maxsize=None)
+def _method_fit(name):
+  return jaxnorm.fit_seeds(METHODS[name], SEEDS)
+
+
+@functools.lru_cache(maxsize=None)
+def _initial_loss(name):
+  """Held-out relative MSE of the standard starting norms (scale 1, shift 0)."""
+  spec = dataclasses.replace(METHODS[name], init="standard")
+  state = fit._compiled_init(spec, "vmap", False)(np.asarray(SEEDS, np.int32))
+  return np.asarray(fit._compiled_eval(spec, "vmap")(state))
+
+
+@pytest.mark.parametrize("name", ["lbfgs", "lm", "distill"])
+def test_each_method_lowers_the_loss_and_keeps_frozen_leaves(name):
+  spec = METHODS[name]
+  before = _initial_params(spec, SEEDS)
+  result = _method_fit(name)
+  assert result.frozen_unchanged
+  assert bit_identical(_norm_split(result.params)[1], _norm_split(before)[1])
+  assert not result.diverged.any()
+  assert result.evals == spec.fit_size
+  assert np.isfinite(result.loss_curve).all() and np.isfinite(result.rel_mse).all()
+  assert (result.rel_mse < 0.5 * _initial_loss(name)).all(), (result.rel_mse, _initial_loss(name))
+  assert np.median(result.rel_mse) < 0.3 * np.median(_initial_loss(name))
+
+
+def test_evals_count_target_evaluations():
+  assert METHODS["adam"].evals == 32 * 40
+  assert dataclasses.replace(TINY, optimizer="lm", fit_size=100).evals == 100
+
+
+def test_default_steps_depend_on_the_optimizer():
+  spec = jaxnorm.FitSpec(target_widths=(3, 4, 2), hidden_widths=(12, 8), optimizer="lm")
+  assert (spec.steps, spec.chunk_steps) == (fit.DEFAULT_STEPS["lm"], fit.DEFAULT_CHUNK_STEPS["lm"])
+  assert jaxnorm.FitSpec(target_widths=(3, 4, 2), hidden_widths=(12, 8)).steps == 2000
+
+
+@pytest.fixture
+def poisoned_seed_1(monkeypatch):
+  """Seed 1's target outputs NaN (its held-out variance stays finite); other seeds untouched."""
+  real = steps.init_seed
+
+  def init_seed(spec, seed_id, fixed_target):
+    state = real(spec, seed_id, fixed_target)
+    bad = seed_id == 1
+    w, b = state.target[-1]
+    target = list(state.target[:-1]) + [(w, jnp.where(bad, jnp.nan, b))]
+    fit_y = None if state.fit_y is None else jnp.where(bad, jnp.nan, state.fit_y)
+    return state._replace(target=target, fit_y=fit_y)
+
+  fit._compiled_init.cache_clear()
+  monkeypatch.setattr(steps, "init_seed", init_seed)
+  yield
+  fit._compiled_init.cache_clear()
+
+
+def _starting_norms(spec, seed_ids):
+  state = fit._compiled_init(spec, "vmap", False)(np.asarray(seed_ids, np.int32))
+  if spec.init == "linear":
+    state = fit._compiled_start(spec, "vmap", "linear")(state)
+  return jax.tree.map(np.asarray, state.trainable)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_nan_seed_is_marked_diverged_and_the_others_carry_on(poisoned_seed_1, name):
+  clean = _method_fit(name)
+  result = jaxnorm.fit_seeds(METHODS[name], SEEDS)
+  assert result.diverged.tolist() == [False, True, False]
+  assert result.frozen_unchanged
+  assert np.isnan(result.loss_curve[1]).all()
+  for s in (0, 2):
+    np.testing.assert_allclose(result.rel_mse[s], clean.rel_mse[s], rtol=1e-5)
+    np.testing.assert_allclose(result.loss_curve[s], clean.loss_curve[s], rtol=1e-5)
+  # Seed 1 diverged at its first step (distill: its student failed): it keeps the
+  # norms it started from (the target does not enter them).
+  start = _starting_norms(METHODS[name], SEEDS)
+  norms, _ = _norm_split(result.params)
+  for path, value in norms.items():
+    np.testing.assert_array_equal(value[1], start[path][1])
+
+
+def test_a_seed_that_blows_up_mid_run_keeps_its_last_finite_norms(monkeypatch):
+  clean = _method_fit("adam")   # TINY: 2 chunks of 20 steps
+  state = fit._compiled_init(TINY, "vmap", False)(np.asarray(SEEDS, np.int32))
+  marker = float(state.target_var[1])
+  state, _ = fit._compiled(TINY, "vmap", 20)(state)
+  after_20 = jax.tree.map(np.asarray, state.trainable)
+  real = steps._step
+
+  def step(spec, state):   # seed 1's 21st step produces NaN norms
+    new, loss = real(spec, state)
+    bad = (state.step == 20) & (state.target_var == marker)
+    return new._replace(trainable=jax.tree.map(lambda a: jnp.where(bad, jnp.nan, a),
+                                               new.trainable)), loss
+
+  fit._compiled.cache_clear()
+  monkeypatch.setattr(steps, "_step", step)
+  try:
+    result = jaxnorm.fit_seeds(TINY, SEEDS)
+  finally:
+    fit._compiled.cache_clear()
+  assert result.diverged.tolist() == [False, True, False]
+  assert np.isfinite(result.loss_curve[1, 0]) and np.isnan(result.loss_curve[1, 1])
+  norms, _ = _norm_split(result.params)
+  clean_norms, _ = _norm_split(clean.params)
+  for path, value in norms.items():
+    np.testing.assert_array_equal(value[1], after_20[path][1])   # seed 1: its norms at step 20
+    for s in (0, 2):   # the others: as if nothing happened
+      np.testing.assert_array_equal(value[s], clean_norms[path][s])
+
+
 BAD_SPECS = [
     (dict(hidden_widths=(0, 8)), "0"),
     (dict(hidden_widths=(-3, 8)), "-3"),
@@ -115,6 +240,14 @@ BAD_SPECS = [
     (dict(batch_size=0), "batch_size"),
     (dict(input_distribution="cube"), "cube"),
     (dict(schedule="linear"), "linear"),
+    (dict(optimizer="sgd"), "unknown optimizer 'sgd'"),
+    (dict(optimizer="lm", fit_size=0), "fit_size"),
+    (dict(optimizer="distill", restarts=0), "restarts"),
+    (dict(optimizer="distill", student_steps=-1), "student_steps"),
+    (dict(optimizer="distill", init="linear"), "init=standard"),
+    (dict(optimizer="distill", norm="layernorm"), "norm=affine"),
+    (dict(init="linear", norm="batchnorm"), "init=linear needs norm=affine"),
+    (dict(init="zeros"), "zeros"),
 ]
 
 

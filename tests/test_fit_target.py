@@ -12,7 +12,8 @@ from jaxnorm.runs import fit_target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(0.5, 1.0), seeds=2,
-                         steps=30, chunk_steps=15, batch_size=16, eval_size=64)
+                         steps=30, chunk_steps=15, batch_size=16, eval_size=64,
+                         optimizers=("adam", "lm"), fit_size=32)
 
 
 def test_run_writes_results_metrics_and_plot(tmp_path):
@@ -20,22 +21,50 @@ def test_run_writes_results_metrics_and_plot(tmp_path):
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["frozen_unchanged"] is True
   assert on_disk["config"]["target_widths"] == [3, 4, 2]
-  assert [r["width"] for r in on_disk["rows"]] == [[6, 4], [12, 8]]
-  assert [r["width_ratio"] for r in on_disk["rows"]] == [0.5, 1.0]
-  for row in on_disk["rows"]:
-    assert set(row) >= {"width_ratio", "width", "trainable_params", "target_params",
-                        "rel_mse_median", "rel_mse_q25", "rel_mse_q75", "seconds", "seeds"}
+  rows = on_disk["rows"]
+  assert [(r["optimizer"], r["width"]) for r in rows] == [
+      ("adam", [6, 4]), ("lm", [6, 4]), ("adam", [12, 8]), ("lm", [12, 8])]
+  assert [r["width_ratio"] for r in rows] == [0.5, 0.5, 1.0, 1.0]
+  assert [r["evals"] for r in rows] == [16 * 30, 32] * 2
+  for row in rows:
+    assert set(row) >= {"optimizer", "width_ratio", "width", "trainable_params",
+                        "target_params", "evals", "rel_mse_median", "rel_mse_q25",
+                        "rel_mse_q75", "diverged", "seconds", "seeds"}
     assert row["seeds"] == 2 and row["target_params"] == 3 * 4 + 4 + 4 * 2 + 2
     assert row["rel_mse_q25"] <= row["rel_mse_median"] <= row["rel_mse_q75"]
-  assert on_disk["rows"][0]["trainable_params"] == 2 * (6 + 4 + 4 + 2)
-  assert results["rows"] == on_disk["rows"]
+    assert row["diverged"] == 0 and row["steps"] == 30
+  assert rows[0]["trainable_params"] == 2 * (6 + 4 + 4 + 2)
+  assert results["rows"] == rows
   with open(tmp_path / "metrics.csv") as f:
     metrics = list(csv.DictReader(f))
-  assert len(metrics) == 4 and {m["seed"] for m in metrics} == {"0", "1"}
+  assert len(metrics) == 8 and {m["seed"] for m in metrics} == {"0", "1"}
+  assert {m["optimizer"] for m in metrics} == {"adam", "lm"}
+  assert {m["diverged"] for m in metrics} == {"False"}
   with open(tmp_path / "curves.csv") as f:
-    assert len(list(csv.DictReader(f))) == 2 * 2 * 2
+    assert len(list(csv.DictReader(f))) == 2 * 2 * 2 * 2
   assert (tmp_path / "rel_mse_vs_width.png").stat().st_size > 1000
-  assert "rel_mse_med" in fit_target.table(results["rows"])
+  table = fit_target.table(results["rows"])
+  assert "rel_mse_med" in table and "evals" in table and "lm" in table
+
+
+def test_optimizers_all_and_per_optimizer_defaults():
+  config = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(1.0,),
+                             optimizers=("all",))
+  specs = fit_target.specs(config)
+  assert [s.optimizer for s in specs] == list(fit_target.fit.OPTIMIZERS)
+  assert [s.steps for s in specs] == [fit_target.fit.DEFAULT_STEPS[o] for o in
+                                      fit_target.fit.OPTIMIZERS]
+  assert all(s.chunk_steps <= s.steps for s in specs)
+
+
+def test_unknown_optimizer_raises_before_compute(tmp_path, monkeypatch):
+  def forbidden(*args, **kwargs):
+    raise AssertionError("compute started before the input was validated")
+  monkeypatch.setattr(fit_target.fit, "fit_seeds", forbidden)
+  config = fit_target.Config(target_widths=(3, 4, 2), optimizers=("adam", "newton"))
+  with pytest.raises(fit_target.validate.ConfigError, match="unknown optimizer 'newton'"):
+    fit_target.run(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []
 
 
 def test_explicit_widths_replace_multipliers():
@@ -56,6 +85,7 @@ def test_cli_end_to_end(tmp_path):
               "--eval_size=64")
   assert proc.returncode == 0, proc.stderr
   assert "rel_mse_med" in proc.stdout and "chunk 2/2" in proc.stderr
+  assert " adam " in proc.stdout
   assert json.loads((tmp_path / "results.json").read_text())["frozen_unchanged"] is True
 
 
@@ -69,6 +99,12 @@ BAD_FLAGS = [
     (["--widths=0"], "0"),
     (["--target_widths=3,x"], "x"),
     (["--widths=5", "--width_multipliers=1"], "not both"),
+    (["--optimizer=sgd"], "unknown optimizer 'sgd'"),
+    (["--optimizers=adam,foo"], "unknown optimizer 'foo'"),
+    (["--optimizer=lm", "--optimizers=adam"], "not both"),
+    (["--optimizer=lm", "--fit_size=0"], "fit_size"),
+    (["--optimizer=distill", "--init=linear"], "init=standard"),
+    (["--init=linear", "--norm=layernorm"], "init=linear"),
 ]
 
 

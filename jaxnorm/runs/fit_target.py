@@ -1,22 +1,28 @@
 """Fit frozen random networks to random target networks by tuning only their norms.
 
-For each width of the random blocks, all seeds are fitted in one compiled
-program (`jaxnorm.fit_seeds`); the run writes into its workdir:
+For each width of the random blocks and each fitting method (`optimizers`),
+all seeds are fitted in one compiled program (`jaxnorm.fit_seeds`); every
+method sees the same seeds (frozen networks, targets, held-out sets). The run
+writes into its workdir:
 
 * `config.json`   the config it ran with;
-* `results.json`  `{"config", "frozen_unchanged", "rows": [...]}`, one row per width;
-* `metrics.csv`   one line per (width, seed): held-out relative MSE, final loss;
-* `curves.csv`    one line per (width, seed, chunk): training relative MSE;
-* `rel_mse_vs_width.png`  median held-out relative MSE vs width ratio, quartile band.
+* `results.json`  `{"config", "frozen_unchanged", "rows": [...]}`, one row per
+  (width, optimizer);
+* `metrics.csv`   one line per (optimizer, width, seed): held-out relative MSE,
+  final loss, diverged;
+* `curves.csv`    one line per (optimizer, width, seed, chunk): training relative MSE;
+* `rel_mse_vs_width.png`  median held-out relative MSE vs width ratio, quartile
+  band, one line per optimizer.
 
-Run it: `python -m experiments.fit_target --workdir=/tmp/fit_target`.
+Run it: `python -m experiments.fit_target --workdir=/tmp/fit_target`
+(`--optimizers=all` compares every method).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -28,7 +34,8 @@ from jaxnorm import validate
 from jaxnorm.runs import outputs
 from jaxnorm.runs import plots
 
-TABLE_COLUMNS = ("width", "ratio", "trainable", "target", "rel_mse_med", "q25", "q75", "seconds")
+TABLE_COLUMNS = ("optimizer", "width", "ratio", "trainable", "target", "evals", "rel_mse_med",
+                 "q25", "q75", "diverged", "seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,19 +49,24 @@ class Config:
     widths: explicit hidden widths instead (each applies to every block); when
       non-empty it replaces `width_multipliers`.
     seeds: independent seeds (frozen network + target) fitted per width.
-    steps, chunk_steps, batch_size, learning_rate, schedule, norm, radius,
-    input_distribution, eval_size, seed: as in `jaxnorm.FitSpec`.
+    optimizers: the fitting methods to compare, each on every width and seed
+      (`jaxnorm.fit.OPTIMIZERS`, or `("all",)` for every one).
+    steps, chunk_steps: as in `jaxnorm.FitSpec`; `None` takes each
+      optimizer's default (`jaxnorm.fit.DEFAULT_STEPS`).
+    batch_size, learning_rate, schedule, norm, radius, input_distribution,
+    eval_size, seed, fit_size, restarts, student_steps: as in `jaxnorm.FitSpec`.
     sparsity: keep-probability `p` of the frozen weights (1 = dense).
-    init: `"standard"` or `"construct"` (start from the exact reconstruction of
-      each seed's target; see `jaxnorm.FitSpec`).
+    init: `"standard"`, `"linear"` or `"construct"` (see `jaxnorm.FitSpec`;
+      `distill` needs `"standard"`).
   """
 
   target_widths: Sequence[int] = (8, 8, 8)
   width_multipliers: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
   widths: Sequence[int] = ()
   seeds: int = 8
-  steps: int = 2000
-  chunk_steps: int = 250
+  optimizers: Sequence[str] = ("adam",)
+  steps: Optional[int] = None
+  chunk_steps: Optional[int] = None
   batch_size: int = 256
   learning_rate: float = 1e-2
   schedule: str = "cosine"
@@ -65,6 +77,31 @@ class Config:
   eval_size: int = 4096
   seed: int = 0
   init: str = "standard"
+  fit_size: int = 512
+  restarts: int = 16
+  student_steps: int = 100
+
+
+def optimizers(config: Config) -> tuple[str, ...]:
+  """The optimizers the config asks for (`"all"` expanded), validated.
+
+  Args:
+    config: the experiment config.
+
+  Returns:
+    Optimizer names, in the order given, without repeats.
+
+  Raises:
+    validate.ConfigError: naming an unknown optimizer.
+  """
+  names = tuple(config.optimizers)
+  if not names:
+    raise validate.ConfigError("optimizers needs at least one entry")
+  if "all" in names:
+    names = fit.OPTIMIZERS
+  for name in names:
+    validate.one_of("optimizer", name, fit.OPTIMIZERS)
+  return tuple(dict.fromkeys(names))
 
 
 def hidden_widths(config: Config) -> list[tuple[int, ...]]:
@@ -84,13 +121,13 @@ def hidden_widths(config: Config) -> list[tuple[int, ...]]:
 
 
 def specs(config: Config) -> list[fit.FitSpec]:
-  """Validates `config` and returns one `FitSpec` per width, before any compute.
+  """Validates `config` and returns one `FitSpec` per (width, optimizer), before any compute.
 
   Args:
     config: the experiment config.
 
   Returns:
-    The specs, one per width.
+    The specs, width by width, each width's optimizers in the order given.
 
   Raises:
     validate.ConfigError: naming the first bad value.
@@ -103,15 +140,21 @@ def specs(config: Config) -> list[fit.FitSpec]:
   validate.positive_int("seeds", config.seeds)
   validate.probability("sparsity (keep probability p)", config.sparsity)
   validate.one_of("input distribution", config.input_distribution, domain.INPUT_DISTRIBUTIONS)
+  names = optimizers(config)
   out = []
   for hidden in hidden_widths(config):
-    out.append(fit.check_spec(fit.FitSpec(
-        target_widths=tuple(config.target_widths), hidden_widths=hidden, norm=config.norm,
-        keep_prob=config.sparsity, steps=config.steps, chunk_steps=min(config.chunk_steps,
-                                                                       config.steps),
-        batch_size=config.batch_size, learning_rate=config.learning_rate,
-        schedule=config.schedule, input_distribution=config.input_distribution,
-        radius=config.radius, eval_size=config.eval_size, seed=config.seed, init=config.init)))
+    for name in names:
+      spec = fit.FitSpec(
+          target_widths=tuple(config.target_widths), hidden_widths=hidden, norm=config.norm,
+          keep_prob=config.sparsity, steps=config.steps, optimizer=name,
+          batch_size=config.batch_size, learning_rate=config.learning_rate,
+          schedule=config.schedule, input_distribution=config.input_distribution,
+          radius=config.radius, eval_size=config.eval_size, seed=config.seed, init=config.init,
+          fit_size=config.fit_size, restarts=config.restarts, student_steps=config.student_steps)
+      chunk = spec.chunk_steps if config.chunk_steps is None else config.chunk_steps
+      if isinstance(chunk, int) and isinstance(spec.steps, int):
+        chunk = min(chunk, spec.steps)
+      out.append(fit.check_spec(dataclasses.replace(spec, chunk_steps=chunk)))
   return out
 
 
@@ -126,17 +169,18 @@ def _row(spec: fit.FitSpec, result: fit.FitResult) -> dict[str, Any]:
   q25, med, q75 = np.percentile(result.rel_mse, [25, 50, 75])
   width = spec.hidden_widths[0] if len(set(spec.hidden_widths)) == 1 else list(
       spec.hidden_widths)
-  return {"width_ratio": min(ratios), "width": width, "init": spec.init,
-          "trainable_params": result.trainable_params,
-          "target_params": target_params(d),
+  return {"optimizer": spec.optimizer, "width_ratio": min(ratios), "width": width,
+          "init": spec.init, "steps": spec.steps, "trainable_params": result.trainable_params,
+          "target_params": target_params(d), "evals": result.evals,
           "rel_mse_median": float(med), "rel_mse_q25": float(q25), "rel_mse_q75": float(q75),
-          "seconds": round(result.seconds, 3), "seeds": int(result.seed_ids.size)}
+          "diverged": int(result.diverged.sum()), "seconds": round(result.seconds, 3),
+          "seeds": int(result.seed_ids.size)}
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
   """The results table printed at the end of a run."""
-  keys = ("width", "width_ratio", "trainable_params", "target_params", "rel_mse_median",
-          "rel_mse_q25", "rel_mse_q75", "seconds")
+  keys = ("optimizer", "width", "width_ratio", "trainable_params", "target_params", "evals",
+          "rel_mse_median", "rel_mse_q25", "rel_mse_q75", "diverged", "seconds")
   return outputs.format_table(TABLE_COLUMNS, [[r[k] for k in keys] for r in rows])
 
 
@@ -159,39 +203,49 @@ def run(config: Config, workdir: str) -> dict[str, Any]:
 
   rows, metrics, curves, frozen_ok = [], [], [], True
   for spec in fit_specs:
-    logging.info("fitting %d seeds: frozen widths %s, norm %s, p=%g", config.seeds,
-                 list(spec.network_widths), spec.norm, spec.keep_prob)
+    logging.info("fitting %d seeds with %s: frozen widths %s, norm %s, p=%g", config.seeds,
+                 spec.optimizer, list(spec.network_widths), spec.norm, spec.keep_prob)
 
     def progress(c: fit.ChunkReport):
-      logging.info("  chunk %d/%d  step %d  median loss %.4g  %.0f steps/s", c.chunk + 1,
-                   c.n_chunks, c.step, c.median_loss, c.steps_per_second)
+      logging.info("  chunk %d/%d  step %d  median loss %.4g  %.3g steps/s  diverged %d",
+                   c.chunk + 1, c.n_chunks, c.step, c.median_loss, c.steps_per_second,
+                   c.diverged)
 
     result = fit.fit_seeds(spec, range(config.seeds), on_chunk=progress)
     frozen_ok &= result.frozen_unchanged
     row = _row(spec, result)
     rows.append(row)
-    logging.info("  held-out relative MSE median %.4g [%.4g, %.4g], %.1f s, frozen unchanged: %s",
-                 row["rel_mse_median"], row["rel_mse_q25"], row["rel_mse_q75"], result.seconds,
-                 result.frozen_unchanged)
-    for s, mse, curve in zip(result.seed_ids, result.rel_mse, result.loss_curve):
-      metrics.append([row["width_ratio"], row["width"], int(s), float(mse), float(curve[-1])])
-      curves += [[row["width_ratio"], row["width"], int(s), int(step), float(v)]
-                 for step, v in zip(result.chunk_steps, curve)]
+    logging.info("  held-out relative MSE median %.4g [%.4g, %.4g], %d diverged, %.1f s, "
+                 "frozen unchanged: %s", row["rel_mse_median"], row["rel_mse_q25"],
+                 row["rel_mse_q75"], row["diverged"], result.seconds, result.frozen_unchanged)
+    key = [spec.optimizer, row["width_ratio"], row["width"]]
+    for s, mse, curve, div in zip(result.seed_ids, result.rel_mse, result.loss_curve,
+                                  result.diverged):
+      metrics.append(key + [int(s), float(mse), float(curve[-1]), bool(div)])
+      curves += [key + [int(s), int(step), float(v)] for step, v in zip(result.chunk_steps, curve)]
 
   results = {"config": dataclasses.asdict(config), "frozen_unchanged": bool(frozen_ok),
              "rows": rows}
   if writer:
     outputs.write_json(os.path.join(workdir, "results.json"), results)
     outputs.write_csv(os.path.join(workdir, "metrics.csv"),
-                      ["width_ratio", "width", "seed", "rel_mse", "final_train_rel_mse"], metrics)
+                      ["optimizer", "width_ratio", "width", "seed", "rel_mse",
+                       "final_train_rel_mse", "diverged"], metrics)
     outputs.write_csv(os.path.join(workdir, "curves.csv"),
-                      ["width_ratio", "width", "seed", "step", "train_rel_mse"], curves)
-    ordered = sorted(rows, key=lambda r: r["width_ratio"])
-    plots.median_band(
-        os.path.join(workdir, "rel_mse_vs_width.png"),
-        {config.norm: ([r["width_ratio"] for r in ordered], [r["rel_mse_median"] for r in ordered],
-                       [r["rel_mse_q25"] for r in ordered], [r["rel_mse_q75"] for r in ordered])},
-        xlabel="width ratio m / (d_in d_out)", ylabel="held-out relative MSE",
-        title=(f"target {list(config.target_widths)}, norm={config.norm}, p={config.sparsity:g}, "
-               f"{config.seeds} seeds, {config.steps} steps"))
+                      ["optimizer", "width_ratio", "width", "seed", "step", "train_rel_mse"],
+                      curves)
+    _plot(config, rows, os.path.join(workdir, "rel_mse_vs_width.png"))
   return results
+
+
+def _plot(config: Config, rows: Sequence[dict[str, Any]], path: str) -> None:
+  series = {}
+  for name in dict.fromkeys(r["optimizer"] for r in rows):
+    ordered = sorted((r for r in rows if r["optimizer"] == name), key=lambda r: r["width_ratio"])
+    label = f"{name} ({ordered[0]['evals']} evals/seed)"
+    series[label] = tuple([r[k] for r in ordered] for k in (
+        "width_ratio", "rel_mse_median", "rel_mse_q25", "rel_mse_q75"))
+  plots.median_band(
+      path, series, xlabel="width ratio m / (d_in d_out)", ylabel="held-out relative MSE",
+      title=(f"target {list(config.target_widths)}, norm={config.norm}, p={config.sparsity:g}, "
+             f"init={config.init}, {config.seeds} seeds"))
