@@ -41,6 +41,7 @@ from jaxnorm import freeze
 from jaxnorm import jit
 from jaxnorm import models
 from jaxnorm import steps
+from jaxnorm import trees
 from jaxnorm import validate
 
 SCHEDULES = ("constant", "cosine")
@@ -321,19 +322,6 @@ def _distilled(spec: FitSpec, batching: str, state: FitState) -> FitState:
   return state._replace(trainable=trainable, diverged=state.diverged | ~keep)
 
 
-def _to_host(tree):
-  return jax.tree.map(np.asarray, tree)
-
-
-def _bit_identical(a, b) -> bool:
-  leaves_a, tree_a = jax.tree.flatten(a)
-  leaves_b, tree_b = jax.tree.flatten(b)
-  if tree_a != tree_b:
-    return False
-  return all(x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
-             for x, y in zip(map(np.asarray, leaves_a), map(np.asarray, leaves_b)))
-
-
 def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
               on_chunk: Optional[Callable[[ChunkReport], None]] = None,
               batching: str = "vmap") -> FitResult:
@@ -367,7 +355,7 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
   ids = jnp.asarray(seed_ids, jnp.int32)
   init = _compiled_init(spec, batching, target is not None)
   state = init(target, ids) if target is not None else init(ids)
-  frozen_before = _to_host(state.frozen)
+  frozen_before = trees.to_host(state.frozen)
   if spec.init == "construct":   # oracle: reads the target's weights
     state = state._replace(trainable=_constructed_norms(spec, state, state.target))
   elif spec.init == "linear":
@@ -395,11 +383,11 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
                            float(np.median(live)) if live.size else float("nan"),
                            length / (time.perf_counter() - t0), int(loss.size - live.size)))
   rel_mse = np.asarray(_compiled_eval(spec, batching)(state))
-  frozen_unchanged = _bit_identical(frozen_before, _to_host(state.frozen))
-  params = _to_host(freeze.combine(state.trainable, state.frozen))
+  frozen_unchanged = trees.bit_identical(frozen_before, trees.to_host(state.frozen))
+  params = trees.to_host(freeze.combine(state.trainable, state.frozen))
   return FitResult(seed_ids=seed_ids, loss_curve=np.stack(curve, axis=1),
                    chunk_steps=np.asarray(ends), rel_mse=rel_mse,
                    diverged=np.asarray(state.diverged), params=params,
-                   batch_stats=_to_host(state.batch_stats), targets=_to_host(state.target),
+                   batch_stats=trees.to_host(state.batch_stats), targets=trees.to_host(state.target),
                    frozen_unchanged=frozen_unchanged, trainable_params=trainable_params,
                    evals=spec.evals, seconds=time.perf_counter() - start)
