@@ -1,19 +1,64 @@
-"""What every experiment main shares: start-up logging and one-line errors."""
+"""What every experiment main shares: multi-host start-up, run control flags, one-line errors.
+
+The flags defined here (`--checkpoint_every`, `--stop_after_chunks`,
+`--overwrite`, `--distributed` and its addresses) exist in every experiment.
+"""
 
 import sys
 from typing import Callable
 
 import jax
+from absl import flags
 from absl import logging
 
+from jaxnorm import checkpoint
 from jaxnorm import validate
 
+CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 1, "Save an Orbax checkpoint into --workdir every this many chunks of "
+    "work (and after every finished unit); re-running the same command resumes from it.")
+STOP_AFTER_CHUNKS = flags.DEFINE_integer(
+    "stop_after_chunks", None, "Simulate a preemption: save and stop (exit code 3) after this "
+    "many chunks of work.")
+OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Discard the run --workdir holds (complete or not) and start fresh.")
+DISTRIBUTED = flags.DEFINE_boolean(
+    "distributed", False, "Multi-host job: call jax.distributed.initialize() first (the cluster "
+    "is detected on TPU, Slurm and Open MPI; else give the three flags below).")
+COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                  "host:port of process 0 (--distributed).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (--distributed).")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (--distributed).")
 
-def log_environment() -> None:
-  """Logs the process index, process count and devices (first thing in main)."""
+PREEMPTED_EXIT = 3
+
+
+def _not_orbax_chatter(record) -> bool:
+  return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def start() -> None:
+  """Joins the multi-host job if asked, then logs processes and devices (first thing in main).
+
+  Orbax's own INFO lines (a dozen per checkpoint) are dropped from the log.
+  """
+  logging.get_absl_handler().addFilter(_not_orbax_chatter)
+  if DISTRIBUTED.value:
+    try:
+      jax.distributed.initialize(coordinator_address=COORDINATOR.value,
+                                 num_processes=NUM_PROCESSES.value, process_id=PROCESS_ID.value)
+    except (ValueError, RuntimeError) as e:
+      fail(f"--distributed: could not join the job: {str(e).splitlines()[0]}")
   logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   logging.info("global devices: %d (%s)", jax.device_count(), jax.default_backend())
+
+
+def control() -> checkpoint.Control:
+  """The run control the flags ask for (validated)."""
+  return run_or_exit(lambda: checkpoint.check_control(checkpoint.Control(
+      every_chunks=CHECKPOINT_EVERY.value, stop_after_chunks=STOP_AFTER_CHUNKS.value,
+      overwrite=OVERWRITE.value)))
 
 
 def fail(message: str) -> None:
@@ -23,11 +68,25 @@ def fail(message: str) -> None:
 
 
 def run_or_exit(fn: Callable[[], object]) -> object:
-  """Calls `fn`; a bad-input `ConfigError` becomes one line on stderr and exit code 2."""
+  """Calls `fn`, turning the ways a run ends early into one line and an exit code.
+
+  A bad-input `ConfigError` exits with 2; a (simulated) preemption exits with 3
+  after the checkpoint is saved.
+  """
   try:
     return fn()
   except validate.ConfigError as e:
     fail(str(e))
+  except checkpoint.Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT)
+
+
+def report_complete(results: dict, workdir: str) -> None:
+  """Says so when the workdir already held this complete run (nothing was recomputed)."""
+  if results.get("already_complete"):
+    print(f"{workdir} already holds this complete run; showing its results "
+          f"(--overwrite starts fresh)")
 
 
 def int_list(values) -> tuple[int, ...]:
@@ -44,3 +103,6 @@ def float_list(values) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
   except ValueError:
     fail(f"expected numbers, got {list(values)}")
+
+
+log_environment = start   # older name, kept while other mains move over

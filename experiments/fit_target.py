@@ -6,8 +6,10 @@ r"""Fit frozen random networks to random targets by tuning only their norms.
   python -m experiments.fit_target --workdir=/tmp/fit_all --optimizers=all \
       --width_multipliers=1,2 --seeds=16
 
-Writes config.json, results.json, metrics.csv, curves.csv and
-rel_mse_vs_width.png into --workdir and prints the results table.
+Writes config.json, results.json, timings.json, metrics.csv, curves.csv and
+rel_mse_vs_width.png into --workdir and prints the results table. The seeds are
+spread over every device (--devices); progress is checkpointed into
+--workdir/checkpoints, and re-running the same command resumes.
 """
 
 from absl import app
@@ -54,13 +56,18 @@ FIT_SIZE = flags.DEFINE_integer("fit_size", _D.fit_size,
 RESTARTS = flags.DEFINE_integer("restarts", _D.restarts, "Random students per seed (distill).")
 STUDENT_STEPS = flags.DEFINE_integer("student_steps", _D.student_steps,
                                      "Levenberg-Marquardt steps on the student (distill).")
+DEVICES = flags.DEFINE_integer("devices", _D.devices,
+                               "Devices to spread the seeds over (0: every device of the job).")
+SEED_CHUNK = flags.DEFINE_integer("seed_chunk", _D.seed_chunk,
+                                  "Seeds per vmapped chunk on each device, lax.map over chunks "
+                                  "(0: one vmap over all).")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.log_environment()
+  common.start()
   if WIDTHS.value and flags.FLAGS["width_multipliers"].present:
     common.fail("give --widths or --width_multipliers, not both")
   if OPTIMIZERS.value and flags.FLAGS["optimizer"].present:
@@ -74,11 +81,15 @@ def main(argv):
       learning_rate=LEARNING_RATE.value, schedule=SCHEDULE.value, norm=NORM.value,
       sparsity=SPARSITY.value, radius=RADIUS.value, input_distribution=INPUTS.value,
       eval_size=EVAL_SIZE.value, seed=SEED.value, init=INIT.value, fit_size=FIT_SIZE.value,
-      restarts=RESTARTS.value, student_steps=STUDENT_STEPS.value)
-  results = common.run_or_exit(lambda: fit_target.run(config, WORKDIR.value))
+      restarts=RESTARTS.value, student_steps=STUDENT_STEPS.value, devices=DEVICES.value,
+      seed_chunk=SEED_CHUNK.value)
+  control = common.control()
+  results = common.run_or_exit(lambda: fit_target.run(config, WORKDIR.value, control))
+  common.report_complete(results, WORKDIR.value)
   print(fit_target.table(results["rows"]))
   print(f"frozen weights bit-identical after fitting: {results['frozen_unchanged']}")
-  print(f"wrote {WORKDIR.value}/results.json, metrics.csv, curves.csv, rel_mse_vs_width.png")
+  print(f"seeds spread over {results['devices']} device(s); wrote {WORKDIR.value}/results.json, "
+        f"timings.json, metrics.csv, curves.csv, rel_mse_vs_width.png")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from jaxnorm.construct import BlockReport
 from jaxnorm.construct import Reconstruction
 from jaxnorm.construct import apply_frozen
 from jaxnorm.construct import reconstruct
-from jaxnorm.construct import reconstruct_batch
+from jaxnorm.construct_batch import reconstruct_batch
 from jaxnorm.domain import INPUT_DISTRIBUTIONS
 from jaxnorm.domain import sample_inputs
 from jaxnorm.export import frozen_weights

@@ -26,7 +26,6 @@ data) units of layer `2i-1` go negative and the network no longer matches.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from typing import NamedTuple, Sequence
@@ -348,86 +347,3 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     reports.append(BlockReport(i + 1, use, m, n, residual, rank, iterations,
                                float(max_shift), float(in_radius), bool(exact)))
   return Reconstruction(tuple(gammas), tuple(betas), tuple(reports), frozen)
-
-
-def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | None = None,
-                      maxiter: int | None = None, allow_inexact: bool = False) -> Reconstruction:
-  """`reconstruct` with `cg` for `S` independent networks (seeds) in one program.
-
-  Every target and frozen array carries a leading seed axis `[S, ...]`; each
-  block is one jitted `jax.vmap` of the CGLS solve and the shifts over that
-  axis (the loop runs until the slowest seed has converged).
-
-  Args:
-    target: `[(T_i [S, d_i, d_{i-1}], c_i [S, d_i]), ...]`.
-    frozen: `2 l` matrices `[S, m_i, d_{i-1}]`, `[S, d_i, m_i]`.
-    radius: the ball `||x|| <= radius`, shared by all seeds.
-    data: `[n, d_0]` shared by all seeds, or `[S, n, d_0]`.
-    tol: as in `reconstruct`.
-    maxiter: as in `reconstruct`.
-    allow_inexact: as in `reconstruct`; otherwise any seed whose block is not
-      exact raises.
-
-  Returns:
-    A `Reconstruction` whose `gammas`, `betas` and `frozen` have the leading
-    seed axis, whose `BlockReport` fields `residual`, `iterations`,
-    `max_shift`, `input_radius`, `exact` are `[S]` numpy arrays (`rank` is
-    None), and whose `apply(x)` maps shared inputs `[..., d_0]` to
-    `[S, ..., d_L]`.
-  """
-  if not len(frozen) or np.ndim(_dense(frozen[0])) != 3:
-    raise ConfigError("reconstruct_batch needs frozen matrices with a leading seed axis [S, ...]")
-  lead = (int(np.shape(_dense(frozen[0]))[0]),)
-  target, frozen, dims, widths = _check_args(target, frozen, radius, data, "cg", tol, maxiter,
-                                             lead=lead)
-  for i, m in enumerate(widths):
-    _check_width(i, m, dims[i], dims[i + 1], allow_inexact)
-  dtype = _working_dtype([a for layer in target for a in layer] + list(frozen))
-  frozen = tuple(jnp.asarray(w, dtype) for w in frozen)
-  tol = krylov.default_tol(dtype) if tol is None else float(tol)
-  r = None if radius is None else jnp.asarray(radius, dtype)
-  h = None if data is None else jnp.asarray(data, dtype)
-  gammas, betas, reports = [], [], []
-  for i, (w_t, bias) in enumerate(target):
-    w_in, w_out = frozen[2 * i], frozen[2 * i + 1]
-    n = dims[i] * dims[i + 1]
-    block = _batched_block(tol, krylov.default_maxiter(n) if maxiter is None else maxiter,
-                           None if r is None or r.ndim == 0 else 0,
-                           None if h is None or h.ndim == 2 else 0)
-    res, (beta1, beta2), r, h, (max_shift, in_radius) = block(
-        w_in, w_out, jnp.asarray(w_t, dtype), jnp.asarray(bias, dtype), r, h)
-    residual = np.asarray(res.residual)
-    exact = residual <= tol
-    if not exact.all() and not allow_inexact:
-      bad = np.flatnonzero(~exact)
-      err = _fail(i, widths[i], n, "cg", float(residual[bad[0]]), tol,
-                  iterations=int(res.iterations[bad[0]]), status=int(res.status[bad[0]]))
-      raise ValueError(f"seeds {bad.tolist()}: {err}")
-    gammas += [res.gamma, jnp.ones((lead[0], dims[i + 1]), dtype)]
-    betas += [beta1, beta2]
-    reports.append(BlockReport(i + 1, "cg", widths[i], n, residual, None,
-                               np.asarray(res.iterations), np.asarray(max_shift),
-                               np.asarray(in_radius), exact))
-  return _BatchedReconstruction(tuple(gammas), tuple(betas), tuple(reports), frozen)
-
-
-@functools.lru_cache(maxsize=32)
-def _batched_block(tol, maxiter, r_axis, h_axis):
-  """A jitted vmap over seeds of (cg solve, shifts) for one block."""
-
-  def one(w_in, w_out, t, bias, r, h):
-    res = krylov.solve_min_norm(w_in, w_out, t, tol=tol, maxiter=maxiter)
-    return (res,) + _block_norms(jnp, w_in, w_out, res.gamma, bias, res.realised, r, h)
-
-  return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, r_axis, h_axis)))
-
-
-class _BatchedReconstruction(Reconstruction):
-  """A `Reconstruction` with a leading seed axis; `apply` maps over it."""
-
-  def apply(self, x: jax.Array) -> jax.Array:
-    """Runs every seed's network on the shared inputs `x` `[..., d_0]` -> `[S, ..., d_L]`."""
-    return _apply_batch_jit(self.frozen, self.gammas, self.betas, x)
-
-
-_apply_batch_jit = jax.jit(jax.vmap(apply_frozen, in_axes=(0, 0, 0, None)))

@@ -28,18 +28,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxnorm import construct
+from jaxnorm import construct_batch
 from jaxnorm import domain
 from jaxnorm import freeze
 from jaxnorm import jit
 from jaxnorm import models
+from jaxnorm import sharding
 from jaxnorm import steps
 from jaxnorm import trees
 from jaxnorm import validate
@@ -181,6 +182,43 @@ def check_spec(spec: FitSpec) -> FitSpec:
   return spec
 
 
+def estimate_bytes(spec: FitSpec, seeds: int, seed_chunk: Optional[int] = None) -> int:
+  """Estimated peak memory of fitting `seeds` seeds of `spec` on one device (float32).
+
+  Every seed's state stays resident (twice: a chunk's input and output); the
+  working set of one step (activations and their gradients, the fixed batch,
+  a Jacobian for `lm`/`distill`) is needed by the seeds computed at once — all
+  of them under `vmap`, `seed_chunk` of them under chunking. The estimate
+  errs high; tests compare it with XLA's own memory analysis.
+
+  Args:
+    spec: the fit (validated).
+    seeds: seeds on the device.
+    seed_chunk: seeds computed at once (`None`: all).
+
+  Returns:
+    Bytes.
+  """
+  widths = spec.network_widths
+  d_in, d_out = spec.target_widths[0], spec.target_widths[-1]
+  weights = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+  norms = 2 * sum(widths[1:])
+  target = sum(a * b + b for a, b in zip(spec.target_widths[:-1], spec.target_widths[1:]))
+  opt = {"adam": 2 * norms, "lbfgs": 42 * norms}.get(spec.optimizer, 4)
+  fixed = spec.fit_size * (d_in + d_out) if spec.optimizer in FULL_BATCH else 0
+  state = weights + norms * 2 + opt + target + spec.eval_size * d_in + fixed
+  rows = spec.fit_size if spec.optimizer in FULL_BATCH else spec.batch_size
+  # activations: pre- and post-norm values, masks and their gradients per unit
+  work = max(6 * rows * sum(widths), 2 * spec.eval_size * max(widths))
+  if spec.optimizer in ("lm", "distill"):
+    work += rows * d_out * (norms + widths[-1]) + 2 * norms ** 2
+  if spec.optimizer == "distill":
+    student = target
+    work += spec.restarts * (rows * d_out * student + 2 * student ** 2)
+  at_once = seeds if seed_chunk is None else min(seeds, seed_chunk)
+  return 4 * (2 * seeds * state + at_once * work)
+
+
 make_optimizer = steps.make_optimizer
 FULL_BATCH = steps.FULL_BATCH
 FitState = steps.FitState
@@ -203,6 +241,8 @@ class FitResult(NamedTuple):
     frozen_unchanged: every frozen leaf is bit-identical before and after.
     trainable_params: tunable numbers per seed.
     evals: target evaluations per seed used for fitting (`FitSpec.evals`).
+    devices: devices the seeds were spread over.
+    seeds_per_device: seeds (padding included) held by each local device.
     seconds: wall time of the whole fit, compilation included.
   """
   seed_ids: np.ndarray
@@ -216,6 +256,8 @@ class FitResult(NamedTuple):
   frozen_unchanged: bool
   trainable_params: int
   evals: int
+  devices: int
+  seeds_per_device: tuple[int, ...]
   seconds: float
 
 
@@ -243,44 +285,49 @@ def heldout_inputs(spec: FitSpec, seed_id: int) -> jax.Array:
                               spec.target_widths[0], spec.radius, spec.input_distribution)
 
 
-def _batched(fn: Callable, batching: str, fixed_args: int = 0) -> Callable:
-  """Maps `fn(*fixed, per_seed)` over the leading axis of `per_seed`."""
-  if batching == "vmap":
-    return jax.vmap(fn, in_axes=(None,) * fixed_args + (0,))
+def _batched(fn: Callable, batching: str, mesh, seed_chunk: Optional[int],
+             fixed_args: int = 0) -> Callable:
+  """Maps `fn(*fixed, per_seed)` over the leading axis of `per_seed`, split over `mesh`.
 
-  def mapped(*args):
-    fixed, per_seed = args[:fixed_args], args[fixed_args]
-    return jax.lax.map(lambda s: fn(*fixed, s), per_seed)
-  return mapped
+  On each device: one `vmap` over its seeds, or `lax.map` one seed at a time
+  (`batching="map"`), or `lax.map` over vmapped chunks of `seed_chunk` seeds.
+  """
+  if batching == "vmap" and seed_chunk is None:
+    local = jax.vmap(fn, in_axes=(None,) * fixed_args + (0,))
+  else:
+    def local(*args):
+      fixed, per_seed = args[:fixed_args], args[fixed_args]
+      return jax.lax.map(lambda s: fn(*fixed, s), per_seed, batch_size=seed_chunk)
+  return sharding.over_seeds(local, mesh, fixed_args)
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(spec: FitSpec, batching: str, length: int):
-  return jax.jit(_batched(functools.partial(steps.run_chunk, spec, length), batching),
+def _compiled(spec: FitSpec, layout, length: int):
+  return jax.jit(_batched(functools.partial(steps.run_chunk, spec, length), *layout),
                  donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_init(spec: FitSpec, batching: str, fixed_target: bool):
+def _compiled_init(spec: FitSpec, layout, fixed_target: bool):
   if fixed_target:
-    return jit.one_shot_jit(_batched(lambda t, s: steps.init_seed(spec, s, t), batching,
+    return jit.one_shot_jit(_batched(lambda t, s: steps.init_seed(spec, s, t), *layout,
                                      fixed_args=1))
-  return jit.one_shot_jit(_batched(lambda s: steps.init_seed(spec, s, None), batching))
+  return jit.one_shot_jit(_batched(lambda s: steps.init_seed(spec, s, None), *layout))
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_eval(spec: FitSpec, batching: str):
-  return jit.one_shot_jit(_batched(functools.partial(steps.evaluate, spec), batching))
+def _compiled_eval(spec: FitSpec, layout):
+  return jit.one_shot_jit(_batched(functools.partial(steps.evaluate, spec), *layout))
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_start(spec: FitSpec, batching: str, what: str):
+def _compiled_start(spec: FitSpec, layout, what: str):
   fn = {"linear": steps.linear_start, "students": steps.fit_students,
         "opt_state": lambda spec, s: steps.init_opt_state(spec, s.trainable)}[what]
-  return jax.jit(_batched(functools.partial(fn, spec), batching))
+  return jax.jit(_batched(functools.partial(fn, spec), *layout))
 
 
-def _constructed_norms(spec: FitSpec, state: FitState, layers, data=None):
+def _constructed_norms(spec: FitSpec, state: FitState, layers, mesh, data=None):
   """Per-seed norms that realise `layers` `[(W[S, out, in], b[S, out]), ...]` (batched `cg`).
 
   The domain is the ball of radius `spec.radius`, or the points `data` `[S, n, d_0]`.
@@ -288,7 +335,7 @@ def _constructed_norms(spec: FitSpec, state: FitState, layers, data=None):
   n_layers = len(spec.network_widths) - 1
   frozen = [jnp.swapaxes(state.frozen[(f"dense_{k}", "kernel")], 1, 2) for k in range(n_layers)]
   domain_arg = {"radius": spec.radius} if data is None else {"data": data}
-  rec = construct.reconstruct_batch(layers, frozen, allow_inexact=True, **domain_arg)
+  rec = construct_batch.reconstruct_batch(layers, frozen, allow_inexact=True, mesh=mesh, **domain_arg)
   trainable = {}
   for k in range(n_layers):
     trainable[(f"norm_{k}", "scale")] = rec.gammas[k]
@@ -298,34 +345,59 @@ def _constructed_norms(spec: FitSpec, state: FitState, layers, data=None):
   return trainable
 
 
-def _distilled(spec: FitSpec, batching: str, state: FitState) -> FitState:
+def _distilled(spec: FitSpec, layout, state: FitState) -> FitState:
   """`distill`: fit students, construct their norms; a failed seed keeps its norms, diverged.
 
   The construction holds on the ball of radius `spec.radius` (`"ball"` inputs),
   or (`"gaussian"`) on the fixed batch scaled by `GAUSSIAN_MARGIN`.
   """
   t0 = time.perf_counter()
-  students, loss = _compiled_start(spec, batching, "students")(state)
-  loss = np.asarray(loss)
+  students, loss = _compiled_start(spec, layout, "students")(state)
+  loss = sharding.to_host(loss)
   t1 = time.perf_counter()
   data = None if spec.input_distribution == "ball" else GAUSSIAN_MARGIN * state.fit_x
-  trainable = _constructed_norms(spec, state, students, data)
+  trainable = _constructed_norms(spec, state, students, layout[1], data)
   ok = np.isfinite(loss)
-  for v in trainable.values():
-    ok &= np.isfinite(np.asarray(v)).reshape(len(ok), -1).all(axis=1)
+  for v in sharding.to_host(trainable).values():
+    ok &= np.isfinite(v).reshape(len(ok), -1).all(axis=1)
   logging.info("distill: students of %d seeds in %.1f s (relative MSE on the fixed batch: "
                "median %.3g, max %.3g), norms constructed in %.1f s; %d failed", ok.size,
                t1 - t0, np.median(loss), np.max(loss), time.perf_counter() - t1, (~ok).sum())
-  keep = jnp.asarray(ok)
+  keep = sharding.distribute(ok, layout[1])
   trainable = {p: jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, state.trainable[p])
                for p, v in trainable.items()}
   return state._replace(trainable=trainable, diverged=state.diverged | ~keep)
 
 
+class Checkpoint(Protocol):
+  """Where `fit_seeds` saves and resumes a fit (`jaxnorm.checkpoint.FitSlot`)."""
+
+  def restore(self, like_state: FitState, like_curve: np.ndarray
+              ) -> Optional[tuple[int, FitState, np.ndarray]]:
+    """The saved `(chunks_done, state, curve)`, or None; the `like_*` give shapes, shardings."""
+
+  def save(self, chunks_done: int, n_chunks: int, state: FitState, curve: np.ndarray) -> None:
+    """Called after a costly start phase (`chunks_done=0`) and after every chunk; may raise."""
+
+
+def chunk_lengths(spec: FitSpec) -> list[int]:
+  """Steps of each compiled chunk of a fit of `spec`."""
+  lengths = [spec.chunk_steps] * (spec.steps // spec.chunk_steps)
+  if spec.steps % spec.chunk_steps:
+    lengths.append(spec.steps % spec.chunk_steps)
+  return lengths
+
+
 def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
               on_chunk: Optional[Callable[[ChunkReport], None]] = None,
-              batching: str = "vmap") -> FitResult:
+              batching: str = "vmap", *, devices: Optional[int] = None,
+              seed_chunk: Optional[int] = None,
+              checkpoint: Optional[Checkpoint] = None) -> FitResult:
   """Fits the normalization leaves of one frozen network per seed, all at once.
+
+  The seeds are split over `devices` devices (`jax.shard_map` over a one-axis
+  mesh; padded to a multiple of the device count, the padding dropped from
+  the results); each device runs the batched program on its share.
 
   Args:
     spec: the `FitSpec` (validated here before any compute).
@@ -336,6 +408,10 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
       methods only evaluate it on inputs they sample.
     on_chunk: optional callback receiving a `ChunkReport` after every chunk.
     batching: `"vmap"` (one program for all seeds) or `"map"` (`jax.lax.map`).
+    devices: how many devices to spread the seeds over (`None`/0: all).
+    seed_chunk: with `batching="vmap"`, `lax.map` over vmapped chunks of this
+      many seeds per device instead of one `vmap` (less memory traffic).
+    checkpoint: optional `Checkpoint`: resume from it, and save into it.
 
   Returns:
     A `FitResult`.
@@ -347,47 +423,64 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
   if seed_ids.ndim != 1 or not np.issubdtype(seed_ids.dtype, np.integer) or (seed_ids < 0).any():
     raise validate.ConfigError(f"seed ids must be non-negative integers, got {seed_ids.tolist()}")
   validate.one_of("batching", batching, BATCHINGS)
+  if seed_chunk is not None:
+    validate.positive_int("seed_chunk", seed_chunk)
   if target is not None:
     validate.target_layers(target, spec.target_widths)
-    target = [(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)) for w, b in target]
+  mesh = sharding.seed_mesh(devices)
+  layout = (batching, mesh, seed_chunk)
+  n = seed_ids.size
 
   start = time.perf_counter()
-  ids = jnp.asarray(seed_ids, jnp.int32)
-  init = _compiled_init(spec, batching, target is not None)
-  state = init(target, ids) if target is not None else init(ids)
-  frozen_before = trees.to_host(state.frozen)
-  if spec.init == "construct":   # oracle: reads the target's weights
-    state = state._replace(trainable=_constructed_norms(spec, state, state.target))
-  elif spec.init == "linear":
-    state = _compiled_start(spec, batching, "linear")(state)
-  if spec.optimizer == "distill":
-    state = _distilled(spec, batching, state)
-  if spec.init != "standard" or spec.optimizer == "distill":
-    state = state._replace(opt_state=_compiled_start(spec, batching, "opt_state")(state))
+  ids = sharding.distribute(sharding.pad_seed_ids(seed_ids, mesh).astype(np.int32), mesh)
+  init = _compiled_init(spec, layout, target is not None)
+  if target is not None:
+    target = sharding.replicate([(np.asarray(w, np.float32), np.asarray(b, np.float32))
+                                 for w, b in target], mesh)
+    state = init(target, ids)
+  else:
+    state = init(ids)
+  frozen_before = sharding.to_host(state.frozen)
+  lengths = chunk_lengths(spec)
+  curve = np.full((len(lengths), ids.shape[0]), np.nan, np.float32)
+  resumed = checkpoint.restore(state, curve) if checkpoint is not None else None
+  if resumed is not None:
+    done_chunks, state, curve = resumed
+    logging.info("resumed after chunk %d/%d", done_chunks, len(lengths))
+  else:
+    if spec.init == "construct":   # oracle: reads the target's weights
+      state = state._replace(trainable=_constructed_norms(spec, state, state.target, mesh))
+    elif spec.init == "linear":
+      state = _compiled_start(spec, layout, "linear")(state)
+    if spec.optimizer == "distill":
+      state = _distilled(spec, layout, state)
+    if spec.init != "standard" or spec.optimizer == "distill":
+      state = state._replace(opt_state=_compiled_start(spec, layout, "opt_state")(state))
+    done_chunks = 0
+    if checkpoint is not None and (spec.init != "standard" or spec.optimizer == "distill"):
+      checkpoint.save(0, len(lengths), state, curve)
   trainable_params = sum(int(np.prod(v.shape[1:])) for v in jax.tree.leaves(state.trainable))
 
-  lengths = [spec.chunk_steps] * (spec.steps // spec.chunk_steps)
-  if spec.steps % spec.chunk_steps:
-    lengths.append(spec.steps % spec.chunk_steps)
-  curve, ends, done = [], [], 0
-  for i, length in enumerate(lengths):
+  for i in range(done_chunks, len(lengths)):
     t0 = time.perf_counter()
-    state, loss = _compiled(spec, batching, length)(state)
-    loss = np.asarray(loss)
-    done += length
-    curve.append(loss)
-    ends.append(done)
+    state, loss = _compiled(spec, layout, lengths[i])(state)
+    curve[i] = loss = sharding.to_host(loss)
     if on_chunk is not None:
-      live = loss[np.isfinite(loss)]
-      on_chunk(ChunkReport(i, len(lengths), done,
+      live = loss[:n][np.isfinite(loss[:n])]
+      on_chunk(ChunkReport(i, len(lengths), sum(lengths[:i + 1]),
                            float(np.median(live)) if live.size else float("nan"),
-                           length / (time.perf_counter() - t0), int(loss.size - live.size)))
-  rel_mse = np.asarray(_compiled_eval(spec, batching)(state))
-  frozen_unchanged = trees.bit_identical(frozen_before, trees.to_host(state.frozen))
-  params = trees.to_host(freeze.combine(state.trainable, state.frozen))
-  return FitResult(seed_ids=seed_ids, loss_curve=np.stack(curve, axis=1),
-                   chunk_steps=np.asarray(ends), rel_mse=rel_mse,
-                   diverged=np.asarray(state.diverged), params=params,
-                   batch_stats=trees.to_host(state.batch_stats), targets=trees.to_host(state.target),
+                           lengths[i] / (time.perf_counter() - t0), int(n - live.size)))
+    if checkpoint is not None:
+      checkpoint.save(i + 1, len(lengths), state, curve)
+  rel_mse = sharding.to_host(_compiled_eval(spec, layout)(state), n)
+  frozen_unchanged = trees.bit_identical(frozen_before, sharding.to_host(state.frozen))
+  params = sharding.to_host(freeze.combine(state.trainable, state.frozen), n)
+  return FitResult(seed_ids=seed_ids, loss_curve=curve[:, :n].T,
+                   chunk_steps=np.cumsum(lengths), rel_mse=rel_mse,
+                   diverged=sharding.to_host(state.diverged, n), params=params,
+                   batch_stats=sharding.to_host(state.batch_stats, n),
+                   targets=sharding.to_host(state.target, n),
                    frozen_unchanged=frozen_unchanged, trainable_params=trainable_params,
-                   evals=spec.evals, seconds=time.perf_counter() - start)
+                   evals=spec.evals, devices=mesh.size,
+                   seeds_per_device=sharding.shard_sizes(state.diverged),
+                   seconds=time.perf_counter() - start)

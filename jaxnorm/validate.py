@@ -22,6 +22,13 @@ def positive_int(name: str, value: Any) -> int:
   return int(value)
 
 
+def non_negative_int(name: str, value: Any) -> int:
+  """Returns `value` if it is an integer >= 0, else raises `ConfigError`."""
+  if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 0:
+    raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+  return int(value)
+
+
 def positive_ints(name: str, values: Sequence[Any], min_len: int = 1) -> tuple[int, ...]:
   """Returns `values` as a tuple of positive ints (at least `min_len` of them)."""
   values = tuple(values)

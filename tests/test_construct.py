@@ -11,6 +11,7 @@ import pytest
 from scipy import special
 
 from jaxnorm import construct
+from jaxnorm import construct_batch
 from jaxnorm import krylov
 from jaxnorm.models import NormMLP
 
@@ -342,14 +343,14 @@ def test_reconstruct_batch_matches_each_seed(mode):
   frozen = [np.stack([p[1][k] for p in problems]) for k in range(2 * len(widths))]
   x = ball_and_sphere(21, 100, dims[0], 1.0, np.float32)
   kwargs = dict(radius=1.0) if mode == "radius" else dict(data=x)
-  rec = construct.reconstruct_batch(target, frozen, **kwargs)
+  rec = construct_batch.reconstruct_batch(target, frozen, **kwargs)
   y = rec.apply(x)
   assert y.shape == (seeds, 200, dims[-1])
   assert rec.blocks[0].residual.shape == (seeds,) and rec.blocks[0].exact.all()
   for s, (t_s, _) in enumerate(problems):
     assert rel_err(y[s], t_s, x) <= 1e-4
   with pytest.raises(ValueError, match="leading seed axis"):
-    construct.reconstruct_batch(problems[0][0], problems[0][1], radius=1.0)
+    construct_batch.reconstruct_batch(problems[0][0], problems[0][1], radius=1.0)
 
 
 def test_zero_target_and_default_tolerances(x64):

@@ -1,7 +1,6 @@
 """Tiny end-to-end runs of the reconstruct experiment (every study) and its CLI."""
 
 import json
-import math
 import os
 import subprocess
 import sys

@@ -6,8 +6,11 @@ method sees the same seeds (frozen networks, targets, held-out sets). The run
 writes into its workdir:
 
 * `config.json`   the config it ran with;
-* `results.json`  `{"config", "frozen_unchanged", "rows": [...]}`, one row per
-  (width, optimizer);
+* `results.json`  `{"config", "devices", "frozen_unchanged", "rows": [...]}`, one
+  row per (width, optimizer) — written last, it marks the run complete;
+* `timings.json`  wall time of each fit (kept out of `results.json`, which is
+  bit-identical across runs of the same config on the same machine);
+* `checkpoints/`  Orbax checkpoints: re-running the same command resumes;
 * `metrics.csv`   one line per (optimizer, width, seed): held-out relative MSE,
   final loss, diverged;
 * `curves.csv`    one line per (optimizer, width, seed, chunk): training relative MSE;
@@ -21,21 +24,23 @@ Run it: `python -m experiments.fit_target --workdir=/tmp/fit_target`
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Optional, Sequence
 
-import jax
 import numpy as np
 from absl import logging
 
+from jaxnorm import checkpoint
 from jaxnorm import domain
 from jaxnorm import fit
+from jaxnorm import memory
+from jaxnorm import sharding
 from jaxnorm import validate
+from jaxnorm.runs import lifecycle
 from jaxnorm.runs import outputs
 from jaxnorm.runs import plots
 
 TABLE_COLUMNS = ("optimizer", "width", "ratio", "trainable", "target", "evals", "rel_mse_med",
-                 "q25", "q75", "diverged", "seconds")
+                 "q25", "q75", "diverged")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +63,9 @@ class Config:
     sparsity: keep-probability `p` of the frozen weights (1 = dense).
     init: `"standard"`, `"linear"` or `"construct"` (see `jaxnorm.FitSpec`;
       `distill` needs `"standard"`).
+    devices: devices to spread the seeds over (0: every device).
+    seed_chunk: seeds per vmapped chunk on each device, `lax.map` over the
+      chunks (0: one `vmap` over all of them).
   """
 
   target_widths: Sequence[int] = (8, 8, 8)
@@ -80,6 +88,8 @@ class Config:
   fit_size: int = 512
   restarts: int = 16
   student_steps: int = 100
+  devices: int = 0
+  seed_chunk: int = 0
 
 
 def optimizers(config: Config) -> tuple[str, ...]:
@@ -138,6 +148,8 @@ def specs(config: Config) -> list[fit.FitSpec]:
   else:
     validate.positive_floats("width_multipliers", config.width_multipliers)
   validate.positive_int("seeds", config.seeds)
+  validate.non_negative_int("devices", config.devices)
+  validate.non_negative_int("seed_chunk", config.seed_chunk)
   validate.probability("sparsity (keep probability p)", config.sparsity)
   validate.one_of("input distribution", config.input_distribution, domain.INPUT_DISTRIBUTIONS)
   names = optimizers(config)
@@ -173,69 +185,93 @@ def _row(spec: fit.FitSpec, result: fit.FitResult) -> dict[str, Any]:
           "init": spec.init, "steps": spec.steps, "trainable_params": result.trainable_params,
           "target_params": target_params(d), "evals": result.evals,
           "rel_mse_median": float(med), "rel_mse_q25": float(q25), "rel_mse_q75": float(q75),
-          "diverged": int(result.diverged.sum()), "seconds": round(result.seconds, 3),
-          "seeds": int(result.seed_ids.size)}
+          "diverged": int(result.diverged.sum()), "seeds": int(result.seed_ids.size)}
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
   """The results table printed at the end of a run."""
   keys = ("optimizer", "width", "width_ratio", "trainable_params", "target_params", "evals",
-          "rel_mse_median", "rel_mse_q25", "rel_mse_q75", "diverged", "seconds")
+          "rel_mse_median", "rel_mse_q25", "rel_mse_q75", "diverged")
   return outputs.format_table(TABLE_COLUMNS, [[r[k] for k in keys] for r in rows])
 
 
-def run(config: Config, workdir: str) -> dict[str, Any]:
-  """Runs the experiment and writes its outputs into `workdir`.
+def run(config: Config, workdir: str,
+        control: checkpoint.Control = checkpoint.Control()) -> dict[str, Any]:
+  """Runs the experiment (or resumes it) and writes its outputs into `workdir`.
 
   Args:
     config: the experiment config (validated before any compute).
     workdir: output directory (created if missing).
+    control: checkpointing (interval, simulated preemption, overwrite).
 
   Returns:
-    The content of `results.json`.
+    The content of `results.json`, with `"already_complete": True` added when
+    the workdir held a complete run (which is then left as it was).
+
+  Raises:
+    validate.ConfigError: bad config, or a workdir holding another config.
+    checkpoint.Preempted: after `control.stop_after_chunks` chunks.
   """
-  workdir = validate.workdir(workdir)
   fit_specs = specs(config)
-  writer = jax.process_index() == 0
-  if writer:
-    os.makedirs(workdir, exist_ok=True)
-    outputs.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
-
-  rows, metrics, curves, frozen_ok = [], [], [], True
-  for spec in fit_specs:
-    logging.info("fitting %d seeds with %s: frozen widths %s, norm %s, p=%g", config.seeds,
-                 spec.optimizer, list(spec.network_widths), spec.norm, spec.keep_prob)
-
-    def progress(c: fit.ChunkReport):
-      logging.info("  chunk %d/%d  step %d  median loss %.4g  %.3g steps/s  diverged %d",
-                   c.chunk + 1, c.n_chunks, c.step, c.median_loss, c.steps_per_second,
-                   c.diverged)
-
-    result = fit.fit_seeds(spec, range(config.seeds), on_chunk=progress)
-    frozen_ok &= result.frozen_unchanged
-    row = _row(spec, result)
-    rows.append(row)
-    logging.info("  held-out relative MSE median %.4g [%.4g, %.4g], %d diverged, %.1f s, "
-                 "frozen unchanged: %s", row["rel_mse_median"], row["rel_mse_q25"],
-                 row["rel_mse_q75"], row["diverged"], result.seconds, result.frozen_unchanged)
-    key = [spec.optimizer, row["width_ratio"], row["width"]]
-    for s, mse, curve, div in zip(result.seed_ids, result.rel_mse, result.loss_curve,
-                                  result.diverged):
-      metrics.append(key + [int(s), float(mse), float(curve[-1]), bool(div)])
-      curves += [key + [int(s), int(step), float(v)] for step, v in zip(result.chunk_steps, curve)]
-
-  results = {"config": dataclasses.asdict(config), "frozen_unchanged": bool(frozen_ok),
-             "rows": rows}
-  if writer:
-    outputs.write_json(os.path.join(workdir, "results.json"), results)
-    outputs.write_csv(os.path.join(workdir, "metrics.csv"),
+  mesh = sharding.seed_mesh(config.devices)
+  memory.check(estimate_bytes(config, mesh.size), "fit_target")
+  run_ = lifecycle.Run(workdir, dataclasses.asdict(config), control)
+  if run_.finished is not None:
+    return dict(run_.finished, already_complete=True)
+  try:
+    for unit in range(len(run_.records), len(fit_specs)):
+      spec = fit_specs[unit]
+      logging.info("[%d/%d] fitting %d seeds with %s on %d device(s): frozen widths %s, norm %s, "
+                   "p=%g", unit + 1, len(fit_specs), config.seeds, spec.optimizer, mesh.size,
+                   list(spec.network_widths), spec.norm, spec.keep_prob)
+      result = fit.fit_seeds(spec, range(config.seeds), on_chunk=_progress,
+                             devices=config.devices, seed_chunk=config.seed_chunk or None,
+                             checkpoint=run_.fit_slot(unit))
+      record = run_.unit_done(_record(spec, result), seconds=result.seconds)
+      row = record["row"]
+      logging.info("  held-out relative MSE median %.4g [%.4g, %.4g], %d diverged, %.1f s, "
+                   "frozen unchanged: %s", row["rel_mse_median"], row["rel_mse_q25"],
+                   row["rel_mse_q75"], row["diverged"], result.seconds, result.frozen_unchanged)
+  except BaseException:
+    run_.close()
+    raise
+  records = run_.records
+  rows = [r["row"] for r in records]
+  results = {"config": run_.config, "devices": mesh.size,
+             "frozen_unchanged": all(r["frozen_unchanged"] for r in records), "rows": rows}
+  if run_.writer:
+    outputs.write_csv(run_.path("metrics.csv"),
                       ["optimizer", "width_ratio", "width", "seed", "rel_mse",
-                       "final_train_rel_mse", "diverged"], metrics)
-    outputs.write_csv(os.path.join(workdir, "curves.csv"),
+                       "final_train_rel_mse", "diverged"], [m for r in records for m in r["metrics"]])
+    outputs.write_csv(run_.path("curves.csv"),
                       ["optimizer", "width_ratio", "width", "seed", "step", "train_rel_mse"],
-                      curves)
-    _plot(config, rows, os.path.join(workdir, "rel_mse_vs_width.png"))
-  return results
+                      [c for r in records for c in r["curves"]])
+    _plot(config, rows, run_.path("rel_mse_vs_width.png"))
+  return run_.finish(results)
+
+
+def _progress(c: fit.ChunkReport) -> None:
+  logging.info("  chunk %d/%d  step %d  median loss %.4g  %.3g steps/s  diverged %d",
+               c.chunk + 1, c.n_chunks, c.step, c.median_loss, c.steps_per_second, c.diverged)
+
+
+def _record(spec: fit.FitSpec, result: fit.FitResult) -> dict[str, Any]:
+  """What `results.json`, `metrics.csv` and `curves.csv` need of one fit."""
+  row = _row(spec, result)
+  key = [spec.optimizer, row["width_ratio"], row["width"]]
+  metrics, curves = [], []
+  for s, mse, curve, div in zip(result.seed_ids, result.rel_mse, result.loss_curve,
+                                result.diverged):
+    metrics.append(key + [int(s), float(mse), float(curve[-1]), bool(div)])
+    curves += [key + [int(s), int(step), float(v)] for step, v in zip(result.chunk_steps, curve)]
+  return {"row": row, "metrics": metrics, "curves": curves,
+          "frozen_unchanged": bool(result.frozen_unchanged)}
+
+
+def estimate_bytes(config: Config, devices: int) -> int:
+  """Peak device memory of the largest fit the config asks for, per device (an estimate)."""
+  return max(fit.estimate_bytes(spec, -(-config.seeds // devices), config.seed_chunk or None)
+             for spec in specs(config))
 
 
 def _plot(config: Config, rows: Sequence[dict[str, Any]], path: str) -> None:

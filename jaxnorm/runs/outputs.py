@@ -25,11 +25,12 @@ def _atomic_write(path: str, text: str) -> None:
     raise
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+  """`x` with numpy scalars and arrays as Python numbers and lists, non-finite floats as strings."""
   if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
+    return {str(k): jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
+    return [jsonable(v) for v in x]
   if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
     x = x.item()
   if hasattr(x, "tolist"):
@@ -47,7 +48,7 @@ def write_json(path: str, obj: Any) -> None:
     obj: dicts, lists, numbers, strings, numpy scalars/arrays; non-finite
       floats are written as the strings "nan", "inf", "-inf".
   """
-  _atomic_write(path, json.dumps(_jsonable(obj), indent=1, sort_keys=False) + "\n")
+  _atomic_write(path, json.dumps(jsonable(obj), indent=1, sort_keys=False) + "\n")
 
 
 def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -55,7 +56,7 @@ def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -
   buf = io.StringIO()
   writer = csv.writer(buf, lineterminator="\n")
   writer.writerow(header)
-  writer.writerows([[_jsonable(v) for v in row] for row in rows])
+  writer.writerows([[jsonable(v) for v in row] for row in rows])
   _atomic_write(path, buf.getvalue())
 
 

@@ -1,0 +1,165 @@
+"""Runs that survive being killed: an experiment's progress in Orbax checkpoints.
+
+The only module that imports Orbax. A run keeps one `Checkpoints` directory
+(`<workdir>/checkpoints`); each save is one Orbax step holding
+
+* `meta`: JSON — what the experiment has finished (its records) and where it
+  stands (which unit of work, how many chunks of it are done);
+* `state` (optional): the arrays of the unit in progress — e.g. a fit's whole
+  `FitState` (sharded arrays are saved and restored with their shardings) and
+  its loss curve so far.
+
+Re-running the same command restores the newest step and continues from it;
+the programs are deterministic given their state, so the results are
+bit-identical to a run that was never interrupted. `Control.stop_after_chunks`
+simulates a preemption: after that many chunks the state is saved and
+`Preempted` is raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from jaxnorm import validate
+
+
+class Preempted(Exception):
+  """Raised after `Control.stop_after_chunks` chunks, once the checkpoint is on disk."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Control:
+  """How a run checkpoints (not part of its config: changing it never changes results).
+
+  Attributes:
+    every_chunks: save after every this many chunks of work (and always at
+      the end of each unit of work).
+    stop_after_chunks: simulate a preemption after this many chunks in this
+      process (`None`: never).
+    overwrite: discard whatever the workdir holds and start fresh.
+  """
+
+  every_chunks: int = 1
+  stop_after_chunks: Optional[int] = None
+  overwrite: bool = False
+
+
+def check_control(control: Control) -> Control:
+  """Validates `control`; raises `validate.ConfigError`."""
+  validate.positive_int("checkpoint_every", control.every_chunks)
+  if control.stop_after_chunks is not None:
+    validate.positive_int("stop_after_chunks", control.stop_after_chunks)
+  return control
+
+
+def _is_key(x) -> bool:
+  return jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
+
+
+def _savable(leaves):
+  return [jax.random.key_data(x) if _is_key(x) else x for x in leaves]
+
+
+def _abstract(x):
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+class Checkpoints:
+  """An Orbax `CheckpointManager` over one run's checkpoint directory.
+
+  Args:
+    directory: where the checkpoints live (created if missing).
+    control: the interval and the simulated preemption.
+  """
+
+  def __init__(self, directory: str, control: Control = Control()):
+    self._control = check_control(control)
+    self._manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    self._step = self._manager.latest_step()
+    self._meta = None
+    if self._step is not None:
+      self._meta = self._manager.restore(
+          self._step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      logging.info("found checkpoint %d in %s", self._step, directory)
+    self._chunks = 0        # chunks run by this process
+    self._unsaved = 0       # chunks since the last save
+
+  @property
+  def meta(self) -> Optional[dict[str, Any]]:
+    """The newest checkpoint's `meta` (a JSON dict), or `None` before the first save."""
+    return self._meta
+
+  def restore_state(self, like):
+    """The newest checkpoint's `state`, shaped, typed and sharded like the pytree `like`."""
+    leaves, treedef = jax.tree.flatten(like)
+    abstract = [_abstract(x) for x in _savable(leaves)]
+    restored = self._manager.restore(self._step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract))).state
+    out = [jax.random.wrap_key_data(r, impl=jax.random.key_impl(x)) if _is_key(x) else r
+           for r, x in zip(restored, leaves)]
+    return jax.tree.unflatten(treedef, out)
+
+  def save(self, meta: dict[str, Any], state=None) -> None:
+    """Saves `meta` (and the pytree `state`, if given) as the next step."""
+    step = 0 if self._step is None else self._step + 1
+    items = {"meta": ocp.args.JsonSave(meta)}
+    if state is not None:
+      items["state"] = ocp.args.StandardSave(_savable(jax.tree.leaves(state)))
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self._step, self._meta, self._unsaved = step, meta, 0
+
+  def chunk_done(self, meta: dict[str, Any], state=None, save: bool = False) -> None:
+    """Counts one chunk of work; saves when due (or `save`); raises `Preempted` when told to stop."""
+    self._chunks += 1
+    self._unsaved += 1
+    stop = self._control.stop_after_chunks
+    stopping = stop is not None and self._chunks >= stop
+    if save or stopping or self._unsaved >= self._control.every_chunks:
+      self.save(meta, state)
+    if stopping:
+      self._manager.wait_until_finished()
+      raise Preempted(f"stopped after {self._chunks} chunks (--stop_after_chunks); "
+                      f"re-run the same command to resume")
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+class FitSlot:
+  """Where one `jaxnorm.fit_seeds` call saves and resumes (`fit.Checkpoint`).
+
+  Args:
+    checkpoints: the run's `Checkpoints`.
+    meta: the run's `meta` for this unit of work; it must hold a `"unit"` key
+      naming the fit, and is saved with `"chunks_done"` added.
+  """
+
+  def __init__(self, checkpoints: Checkpoints, meta: dict[str, Any]):
+    self._checkpoints = checkpoints
+    self._meta = meta
+
+  def restore(self, like_state, like_curve):
+    """`(chunks_done, state, curve)` saved for this unit, or `None`."""
+    saved = self._checkpoints.meta
+    if not saved or saved.get("unit") != self._meta["unit"] or "chunks_done" not in saved:
+      return None
+    state, curve = self._checkpoints.restore_state((like_state, like_curve))
+    return saved["chunks_done"], state, np.array(curve)
+
+  def save(self, chunks_done: int, n_chunks: int, state, curve) -> None:
+    """Saves after the start phase (`chunks_done=0`); counts and maybe saves after a chunk."""
+    meta = dict(self._meta, chunks_done=chunks_done, n_chunks=n_chunks)
+    if chunks_done == 0:
+      self._checkpoints.save(meta, (state, curve))
+    else:
+      self._checkpoints.chunk_done(meta, (state, curve))

@@ -1,0 +1,132 @@
+"""`reconstruct` for many independent networks (seeds) in one program, split over devices.
+
+The seed axis of every array is batched with `jax.vmap` (matrix-free CGLS,
+`jaxnorm.krylov`) and, given a seed mesh, split over its devices with
+`jax.shard_map` — the batched reconstructions of `fit --init=construct` and
+`distill` run this way.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from jaxnorm import krylov
+from jaxnorm import sharding
+from jaxnorm.construct import BlockReport
+from jaxnorm.construct import Reconstruction
+from jaxnorm.construct import _block_norms
+from jaxnorm.construct import _check_args
+from jaxnorm.construct import _check_width
+from jaxnorm.construct import _dense
+from jaxnorm.construct import _fail
+from jaxnorm.construct import _working_dtype
+from jaxnorm.construct import apply_frozen
+from jaxnorm.validate import ConfigError
+
+
+def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | None = None,
+                      maxiter: int | None = None, allow_inexact: bool = False,
+                      mesh: Mesh | None = None) -> Reconstruction:
+  """`reconstruct` with `cg` for `S` independent networks (seeds) in one program.
+
+  Every target and frozen array carries a leading seed axis `[S, ...]`; each
+  block is one jitted `jax.vmap` of the CGLS solve and the shifts over that
+  axis (the loop runs until the slowest seed has converged).
+
+  Args:
+    target: `[(T_i [S, d_i, d_{i-1}], c_i [S, d_i]), ...]`.
+    frozen: `2 l` matrices `[S, m_i, d_{i-1}]`, `[S, d_i, m_i]`.
+    radius: the ball `||x|| <= radius`, shared by all seeds.
+    data: `[n, d_0]` shared by all seeds, or `[S, n, d_0]`.
+    tol: as in `reconstruct`.
+    maxiter: as in `reconstruct`.
+    allow_inexact: as in `reconstruct`; otherwise any seed whose block is not
+      exact raises.
+    mesh: a seed mesh (`jaxnorm.sharding.seed_mesh`) to split the seeds over
+      its devices (padded to a multiple of its size, the padding dropped);
+      `None`: one device.
+
+  Returns:
+    A `Reconstruction` whose `gammas`, `betas` and `frozen` have the leading
+    seed axis, whose `BlockReport` fields `residual`, `iterations`,
+    `max_shift`, `input_radius`, `exact` are `[S]` numpy arrays (`rank` is
+    None), and whose `apply(x)` maps shared inputs `[..., d_0]` to
+    `[S, ..., d_L]`.
+  """
+  if not len(frozen) or np.ndim(_dense(frozen[0])) != 3:
+    raise ConfigError("reconstruct_batch needs frozen matrices with a leading seed axis [S, ...]")
+  lead = (int(np.shape(_dense(frozen[0]))[0]),)
+  target, frozen, dims, widths = _check_args(target, frozen, radius, data, "cg", tol, maxiter,
+                                             lead=lead)
+  for i, m in enumerate(widths):
+    _check_width(i, m, dims[i], dims[i + 1], allow_inexact)
+  dtype = _working_dtype([a for layer in target for a in layer] + list(frozen))
+  seeds = lead[0]
+  pad = 0 if mesh is None else sharding.padded_count(seeds, mesh) - seeds
+
+  def padded(a):   # repeat the last seed
+    a = jnp.asarray(a, dtype)
+    return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
+
+  frozen = tuple(padded(w) for w in frozen)
+  target = [(padded(w), padded(b)) for w, b in target]
+  tol = krylov.default_tol(dtype) if tol is None else float(tol)
+  r = None if radius is None else jnp.asarray(radius, dtype)
+  h = None if data is None else (padded(data) if np.ndim(data) == 3 else jnp.asarray(data, dtype))
+  gammas, betas, reports = [], [], []
+  for i, (w_t, bias) in enumerate(target):
+    w_in, w_out = frozen[2 * i], frozen[2 * i + 1]
+    n = dims[i] * dims[i + 1]
+    block = _batched_block(tol, krylov.default_maxiter(n) if maxiter is None else maxiter,
+                           None if r is None or r.ndim == 0 else 0,
+                           None if h is None or h.ndim == 2 else 0, mesh)
+    res, (beta1, beta2), r, h, (max_shift, in_radius) = block(w_in, w_out, w_t, bias, r, h)
+    residual, iterations, status, max_shift, in_radius = sharding.to_host(
+        (res.residual, res.iterations, res.status, max_shift, in_radius), seeds)
+    exact = residual <= tol
+    if not exact.all() and not allow_inexact:
+      bad = np.flatnonzero(~exact)
+      err = _fail(i, widths[i], n, "cg", float(residual[bad[0]]), tol,
+                  iterations=int(iterations[bad[0]]), status=int(status[bad[0]]))
+      raise ValueError(f"seeds {bad.tolist()}: {err}")
+    gammas += [res.gamma, jnp.ones((seeds + pad, dims[i + 1]), dtype)]
+    betas += [beta1, beta2]
+    reports.append(BlockReport(i + 1, "cg", widths[i], n, residual, None, iterations, max_shift,
+                               in_radius, exact))
+  if pad:
+    gammas, betas, frozen = ([a[:seeds] for a in arrays] for arrays in (gammas, betas, frozen))
+  return _BatchedReconstruction(tuple(gammas), tuple(betas), tuple(reports), tuple(frozen))
+
+
+@functools.lru_cache(maxsize=32)
+def _batched_block(tol, maxiter, r_axis, h_axis, mesh):
+  """A jitted vmap over seeds of (cg solve, shifts) for one block, split over `mesh`."""
+
+  def one(w_in, w_out, t, bias, r, h):
+    res = krylov.solve_min_norm(w_in, w_out, t, tol=tol, maxiter=maxiter)
+    return (res,) + _block_norms(jnp, w_in, w_out, res.gamma, bias, res.realised, r, h)
+
+  batched = jax.vmap(one, in_axes=(0, 0, 0, 0, r_axis, h_axis))
+  if mesh is None:
+    return jax.jit(batched)
+  specs = tuple(P(sharding.SEED_AXIS) if axis == 0 else P()
+                for axis in (0, 0, 0, 0, r_axis, h_axis))
+  return jax.jit(jax.shard_map(batched, mesh=mesh, in_specs=specs,
+                               out_specs=P(sharding.SEED_AXIS), check_vma=False))
+
+
+class _BatchedReconstruction(Reconstruction):
+  """A `Reconstruction` with a leading seed axis; `apply` maps over it."""
+
+  def apply(self, x: jax.Array) -> jax.Array:
+    """Runs every seed's network on the shared inputs `x` `[..., d_0]` -> `[S, ..., d_L]`."""
+    return _apply_batch_jit(self.frozen, self.gammas, self.betas, x)
+
+
+_apply_batch_jit = jax.jit(jax.vmap(apply_frozen, in_axes=(0, 0, 0, None)))

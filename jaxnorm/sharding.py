@@ -1,0 +1,133 @@
+"""The seed axis spread over every device: a 1-D mesh, padding, `jax.shard_map`.
+
+Seeds are independent, so a fit of `S` seeds on `D` devices is `D` copies of
+the single-device program, each on `S / D` seeds, with no communication:
+`jax.shard_map` over a one-axis `Mesh` named `"seeds"`. A seed count that `D`
+does not divide is padded (by repeating the last seed id) and the padding is
+dropped from every result. The same code runs on one CPU, a GPU, a TPU slice or
+several hosts (after `jax.distributed.initialize`): arrays are built with
+`jax.make_array_from_callback`, so each process supplies only its own shards,
+and results are gathered with `multihost_utils.process_allgather`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxnorm import validate
+
+SEED_AXIS = "seeds"
+
+
+def seed_mesh(devices: Optional[int | Sequence[jax.Device]] = None) -> Mesh:
+  """A one-axis mesh (`"seeds"`) over the devices the seeds are spread on.
+
+  Args:
+    devices: `None` or `0` for every device of every process; a positive int
+      `n` for the first `n` devices (`jax.devices()` order); or a list of
+      devices.
+
+  Returns:
+    The mesh.
+
+  Raises:
+    validate.ConfigError: asking for more devices than there are.
+  """
+  available = jax.devices()
+  if devices is None or (isinstance(devices, int) and devices == 0):
+    chosen = available
+  elif isinstance(devices, int):
+    if isinstance(devices, bool) or devices < 0:
+      raise validate.ConfigError(f"devices must be 0 (all) or a positive count, got {devices!r}")
+    if devices > len(available):
+      raise validate.ConfigError(
+          f"asked for {devices} devices but this job has {len(available)} "
+          f"({jax.default_backend()})")
+    chosen = available[:devices]
+  else:
+    chosen = list(devices)
+  return Mesh(np.asarray(chosen), (SEED_AXIS,))
+
+
+def padded_count(n: int, mesh: Mesh) -> int:
+  """The smallest multiple of the mesh size that holds `n` seeds."""
+  return -(-n // mesh.size) * mesh.size
+
+
+def pad_seed_ids(seed_ids: np.ndarray, mesh: Mesh) -> np.ndarray:
+  """`seed_ids` padded to a multiple of the mesh size by repeating the last id."""
+  extra = padded_count(len(seed_ids), mesh) - len(seed_ids)
+  return np.concatenate([seed_ids, np.repeat(seed_ids[-1:], extra)])
+
+
+def seed_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (seed) axis split over the mesh, everything else whole."""
+  return NamedSharding(mesh, P(SEED_AXIS))
+
+
+def distribute(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A host array (same on every process) as a global array split along its seed axis."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, seed_sharding(mesh), lambda index: x[index])
+
+
+def replicate(tree, mesh: Mesh):
+  """Host arrays (same on every process) as global arrays held whole by every device."""
+  sharding = NamedSharding(mesh, P())
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, tree)
+
+
+def over_seeds(fn: Callable, mesh: Mesh, fixed_args: int = 0) -> Callable:
+  """`fn(*fixed, per_seed)` run on each device's share of the seed axis.
+
+  Args:
+    fn: a function of `fixed_args` arguments shared by all seeds (replicated)
+      and one pytree whose leaves all carry the leading seed axis; it must
+      itself be batched over that axis (e.g. a `jax.vmap`) and return pytrees
+      with the leading seed axis.
+    mesh: the seed mesh.
+    fixed_args: how many leading arguments are shared.
+
+  Returns:
+    The `jax.shard_map` of `fn` (to be jitted by the caller).
+  """
+  # No collectives: seeds never talk to each other. `check_vma=False` lets the
+  # loops inside start from constants (replicated) and carry per-seed values.
+  return jax.shard_map(fn, mesh=mesh, in_specs=(P(),) * fixed_args + (P(SEED_AXIS),),
+                       out_specs=P(SEED_AXIS), check_vma=False)
+
+
+def shard_sizes(x: jax.Array) -> tuple[int, ...]:
+  """How many seeds (leading-axis entries) each addressable device holds, by device id."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.device.id)
+  return tuple(int(s.data.shape[0]) for s in shards)
+
+
+def to_host(tree, n: Optional[int] = None):
+  """Every leaf as a numpy array on this host (gathered across processes), first `n` seeds.
+
+  Args:
+    tree: a pytree of (global) arrays with a leading seed axis.
+    n: keep the first `n` entries of that axis (drops padding); `None` keeps all.
+
+  Returns:
+    The same tree of numpy arrays.
+  """
+
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      x = multihost_utils.process_allgather(x, tiled=True)
+    x = np.asarray(x)
+    return x if n is None or x.ndim == 0 else x[:n]
+  return jax.tree.map(get, tree)
