@@ -39,6 +39,7 @@ from jaxnorm import construct_batch
 from jaxnorm import domain
 from jaxnorm import freeze
 from jaxnorm import jit
+from jaxnorm import memory
 from jaxnorm import models
 from jaxnorm import sharding
 from jaxnorm import steps
@@ -211,7 +212,8 @@ def estimate_bytes(spec: FitSpec, seeds: int, seed_chunk: Optional[int] = None) 
   # activations: pre- and post-norm values, masks and their gradients per unit
   work = max(6 * rows * sum(widths), 2 * spec.eval_size * max(widths))
   if spec.optimizer in ("lm", "distill"):
-    work += rows * d_out * (norms + widths[-1]) + 2 * norms ** 2
+    # the Jacobian (twice: built per example, then stacked), per-example cotangents, J^T J
+    work += rows * d_out * (2 * norms + sum(widths)) + 3 * norms ** 2
   if spec.optimizer == "distill":
     student = target
     work += spec.restarts * (rows * d_out * student + 2 * student ** 2)
@@ -430,6 +432,8 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
   mesh = sharding.seed_mesh(devices)
   layout = (batching, mesh, seed_chunk)
   n = seed_ids.size
+  memory.check(estimate_bytes(spec, sharding.padded_count(n, mesh) // mesh.size,
+                              1 if batching == "map" else seed_chunk), "this fit")
 
   start = time.perf_counter()
   ids = sharding.distribute(sharding.pad_seed_ids(seed_ids, mesh).astype(np.int32), mesh)

@@ -11,6 +11,7 @@ from flax import traverse_util
 
 import jaxnorm
 from jaxnorm import fit
+from jaxnorm import sharding
 from jaxnorm import steps
 from tests.conftest import bit_identical
 
@@ -26,10 +27,11 @@ METHODS = {
                                    fit_size=64, restarts=4, student_steps=20),
 }
 SEEDS = [0, 1, 2]
+LAYOUT = ("vmap", sharding.seed_mesh(1), None)   # one device, one vmap
 
 
 def _initial_params(spec, seed_ids):
-  state = fit._compiled_init(spec, "vmap", False)(np.asarray(seed_ids, np.int32))
+  state = fit._compiled_init(spec, LAYOUT, False)(np.asarray(seed_ids, np.int32))
   return jax.tree.map(np.asarray, jaxnorm.combine(state.trainable, state.frozen))
 
 
@@ -59,7 +61,7 @@ def test_frozen_leaves_bit_identical_after_fit(norm, p):
 
 
 def test_optimizer_state_only_for_norm_leaves():
-  state = fit._compiled_init(TINY, "vmap", False)(np.asarray([0], np.int32))
+  state = fit._compiled_init(TINY, LAYOUT, False)(np.asarray([0], np.int32))
   mu = state.opt_state[0].mu
   assert set(mu) == {(f"norm_{k}", n) for k in range(4) for n in ("scale", "bias")}
   assert all(p[0].startswith("dense_") for p in state.frozen)
@@ -124,8 +126,8 @@ def _method_fit(name):
 def _initial_loss(name):
   """Held-out relative MSE of the standard starting norms (scale 1, shift 0)."""
   spec = dataclasses.replace(METHODS[name], init="standard")
-  state = fit._compiled_init(spec, "vmap", False)(np.asarray(SEEDS, np.int32))
-  return np.asarray(fit._compiled_eval(spec, "vmap")(state))
+  state = fit._compiled_init(spec, LAYOUT, False)(np.asarray(SEEDS, np.int32))
+  return np.asarray(fit._compiled_eval(spec, LAYOUT)(state))
 
 
 @pytest.mark.parametrize("name", ["lbfgs", "lm", "distill"])
@@ -173,9 +175,9 @@ def poisoned_seed_1(monkeypatch):
 
 
 def _starting_norms(spec, seed_ids):
-  state = fit._compiled_init(spec, "vmap", False)(np.asarray(seed_ids, np.int32))
+  state = fit._compiled_init(spec, LAYOUT, False)(np.asarray(seed_ids, np.int32))
   if spec.init == "linear":
-    state = fit._compiled_start(spec, "vmap", "linear")(state)
+    state = fit._compiled_start(spec, LAYOUT, "linear")(state)
   return jax.tree.map(np.asarray, state.trainable)
 
 
@@ -199,9 +201,9 @@ def test_a_nan_seed_is_marked_diverged_and_the_others_carry_on(poisoned_seed_1, 
 
 def test_a_seed_that_blows_up_mid_run_keeps_its_last_finite_norms(monkeypatch):
   clean = _method_fit("adam")   # TINY: 2 chunks of 20 steps
-  state = fit._compiled_init(TINY, "vmap", False)(np.asarray(SEEDS, np.int32))
+  state = fit._compiled_init(TINY, LAYOUT, False)(np.asarray(SEEDS, np.int32))
   marker = float(state.target_var[1])
-  state, _ = fit._compiled(TINY, "vmap", 20)(state)
+  state, _ = fit._compiled(TINY, LAYOUT, 20)(state)
   after_20 = jax.tree.map(np.asarray, state.trainable)
   real = steps._step
 

@@ -1,6 +1,7 @@
 """End-to-end tests of the fit_target experiment: library `run` and the CLI."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 
+from jaxnorm import checkpoint
 from jaxnorm.runs import fit_target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,6 +108,11 @@ BAD_FLAGS = [
     (["--optimizer=lm", "--fit_size=0"], "fit_size"),
     (["--optimizer=distill", "--init=linear"], "init=standard"),
     (["--init=linear", "--norm=layernorm"], "init=linear"),
+    (["--devices=9"], "asked for 9 devices"),
+    (["--seed_chunk=-1"], "seed_chunk"),
+    (["--stop_after_chunks=0"], "stop_after_chunks"),
+    (["--checkpoint_every=0"], "checkpoint_every"),
+    (["--widths=100000", "--seeds=4096"], "of memory"),
 ]
 
 
@@ -129,3 +136,64 @@ def test_cli_workdir_that_is_a_file(tmp_path):
   assert proc.returncode != 0
   assert "not a directory" in proc.stderr and "Traceback" not in proc.stderr
   assert path.read_text() == "keep me"
+
+
+RESUMABLE = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(0.5, 1.0), seeds=2,
+                              steps=30, chunk_steps=15, batch_size=16, eval_size=64)
+OUTPUT_FILES = ("results.json", "metrics.csv", "curves.csv")
+
+
+def _forbid_compute(monkeypatch):
+  def forbidden(*args, **kwargs):
+    raise AssertionError("recomputed")
+  monkeypatch.setattr(fit_target.fit, "fit_seeds", forbidden)
+
+
+def test_stopped_and_resumed_run_writes_the_same_bytes(tmp_path):
+  straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+  fit_target.run(RESUMABLE, str(straight))
+  # 2 fits x 2 chunks: stop in the middle of the second fit, then in the first chunk after it
+  with pytest.raises(checkpoint.Preempted):
+    fit_target.run(RESUMABLE, str(stopped), checkpoint.Control(stop_after_chunks=3))
+  assert not (stopped / "results.json").exists()
+  with pytest.raises(checkpoint.Preempted):
+    fit_target.run(RESUMABLE, str(stopped), checkpoint.Control(stop_after_chunks=1))
+  results = fit_target.run(RESUMABLE, str(stopped))
+  assert "already_complete" not in results
+  for name in OUTPUT_FILES:
+    assert (stopped / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+def test_complete_workdir_is_reported_not_recomputed(tmp_path, monkeypatch):
+  first = fit_target.run(RESUMABLE, str(tmp_path))
+  before = {n: (tmp_path / n).read_bytes() for n in OUTPUT_FILES}
+  _forbid_compute(monkeypatch)
+  again = fit_target.run(RESUMABLE, str(tmp_path))
+  assert again.pop("already_complete") is True and again == first
+  assert {n: (tmp_path / n).read_bytes() for n in OUTPUT_FILES} == before
+  with pytest.raises(AssertionError, match="recomputed"):   # --overwrite starts fresh
+    fit_target.run(RESUMABLE, str(tmp_path), checkpoint.Control(overwrite=True))
+
+
+def test_another_config_in_the_workdir_is_refused_untouched(tmp_path, monkeypatch):
+  fit_target.run(RESUMABLE, str(tmp_path))
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+  _forbid_compute(monkeypatch)
+  other = dataclasses.replace(RESUMABLE, seeds=3)
+  with pytest.raises(fit_target.validate.ConfigError, match=r"another config \(seeds: 2 -> 3\)"):
+    fit_target.run(other, str(tmp_path))
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_cli_preempted_then_resumed_then_complete(tmp_path):
+  flags = (f"--workdir={tmp_path}", "--target_widths=3,4,2", "--width_multipliers=1",
+           "--seeds=2", "--steps=20", "--chunk_steps=10", "--batch_size=16", "--eval_size=64")
+  proc = _cli(*flags, "--stop_after_chunks=1")
+  assert proc.returncode == 3, proc.stderr
+  assert "preempted: stopped after 1 chunks" in proc.stderr and "Traceback" not in proc.stderr
+  proc = _cli(*flags)
+  assert proc.returncode == 0, proc.stderr
+  assert "resumed after chunk 1/2" in proc.stderr and "chunk 2/2" in proc.stderr
+  assert "chunk 1/2" not in proc.stderr.replace("resumed after chunk 1/2", "")
+  proc = _cli(*flags)
+  assert proc.returncode == 0 and "already holds this complete run" in proc.stdout

@@ -1,0 +1,74 @@
+"""Tests for jaxnorm.checkpoint: a fit stopped and resumed is bit-identical to one never stopped."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnorm
+from jaxnorm import checkpoint
+from tests.conftest import bit_identical
+from tests.test_fit import METHODS
+from tests.test_fit import SEEDS   # the same specs: their programs are compiled once
+
+TINY, DISTILL = METHODS["adam"], METHODS["distill"]   # 2 chunks; 1 chunk after the start
+
+
+def _fields(r: jaxnorm.FitResult):
+  return (r.rel_mse, r.loss_curve, r.params, r.batch_stats, r.diverged, r.targets)
+
+
+def _fit(spec, directory, stop=None, every=1):
+  ckpts = checkpoint.Checkpoints(str(directory), checkpoint.Control(every_chunks=every,
+                                                                    stop_after_chunks=stop))
+  try:
+    return jaxnorm.fit_seeds(spec, SEEDS, checkpoint=checkpoint.FitSlot(ckpts, {"unit": 0}))
+  finally:
+    ckpts.close()
+
+
+@pytest.mark.parametrize("spec,stop,every", [(TINY, 1, 1), (TINY, 1, 2), (DISTILL, 1, 1)],
+                         ids=["adam", "adam-every-2", "distill"])
+def test_stop_and_resume_is_bit_identical(tmp_path, spec, stop, every):
+  straight = jaxnorm.fit_seeds(spec, SEEDS)
+  with pytest.raises(checkpoint.Preempted, match=f"after {stop} chunks"):
+    _fit(spec, tmp_path, stop=stop, every=every)
+  resumed = _fit(spec, tmp_path, every=every)
+  assert bit_identical(_fields(resumed), _fields(straight))
+  assert resumed.frozen_unchanged
+
+
+def test_a_checkpoint_of_another_unit_is_not_restored(tmp_path):
+  with pytest.raises(checkpoint.Preempted):
+    _fit(TINY, tmp_path, stop=1)
+  ckpts = checkpoint.Checkpoints(str(tmp_path))
+  try:
+    slot = checkpoint.FitSlot(ckpts, {"unit": 1})
+    assert slot.restore(None, None) is None
+  finally:
+    ckpts.close()
+
+
+def test_prng_keys_and_shardings_round_trip(tmp_path):
+  ckpts = checkpoint.Checkpoints(str(tmp_path))
+  tree = {"key": jax.random.split(jax.random.key(7), 3), "x": jnp.arange(6.0).reshape(3, 2),
+          "none": None}
+  ckpts.save({"unit": 0}, tree)
+  ckpts.close()
+  again = checkpoint.Checkpoints(str(tmp_path))
+  assert again.meta == {"unit": 0}
+  like = jax.tree.map(jnp.zeros_like, {"key": tree["key"], "x": tree["x"], "none": None})
+  restored = again.restore_state(like)
+  again.close()
+  assert jax.dtypes.issubdtype(restored["key"].dtype, jax.dtypes.prng_key)
+  np.testing.assert_array_equal(jax.random.key_data(restored["key"]),
+                                jax.random.key_data(tree["key"]))
+  np.testing.assert_array_equal(restored["x"], tree["x"])
+  assert restored["x"].sharding == tree["x"].sharding
+
+
+def test_bad_control_is_a_config_error():
+  with pytest.raises(jaxnorm.ConfigError, match="stop_after_chunks"):
+    checkpoint.check_control(checkpoint.Control(stop_after_chunks=0))
+  with pytest.raises(jaxnorm.ConfigError, match="checkpoint_every"):
+    checkpoint.check_control(checkpoint.Control(every_chunks=0))

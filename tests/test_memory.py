@@ -1,0 +1,44 @@
+"""Tests for jaxnorm.memory and the fit's memory estimate (checked against XLA's own analysis)."""
+
+import jax
+import numpy as np
+import pytest
+
+import jaxnorm
+from jaxnorm import fit
+from jaxnorm import memory
+from jaxnorm import sharding
+
+
+def test_check_refuses_with_the_estimate():
+  limit, sharing = memory.available_bytes()
+  assert limit > 0 and sharing >= 1
+  memory.check(1e6, "a small job")
+  with pytest.raises(jaxnorm.ConfigError, match=r"a huge job needs about .* TiB of memory"):
+    memory.check(1e15, "a huge job")
+
+
+def test_fit_seeds_refuses_before_compute(monkeypatch):
+  def forbidden(*args, **kwargs):
+    raise AssertionError("compiled before the memory check")
+  monkeypatch.setattr(fit, "_compiled_init", forbidden)
+  spec = jaxnorm.FitSpec(target_widths=(64, 64, 64), hidden_widths=(200_000, 200_000),
+                         batch_size=4096)
+  with pytest.raises(jaxnorm.ConfigError, match="this fit needs about"):
+    jaxnorm.fit_seeds(spec, range(64))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lm"])
+def test_estimate_bounds_xla_memory_analysis(optimizer):
+  spec = jaxnorm.FitSpec(target_widths=(8, 8, 8), hidden_widths=(64, 64), batch_size=256,
+                         optimizer=optimizer, fit_size=128, eval_size=512, steps=10,
+                         chunk_steps=10)
+  seeds = 8
+  layout = ("vmap", sharding.seed_mesh(1), None)
+  ids = np.arange(seeds, dtype=np.int32)
+  state = jax.eval_shape(fit._compiled_init(spec, layout, False), ids)
+  analysis = fit._compiled(spec, layout, 10).lower(state).compile().memory_analysis()
+  actual = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+            + analysis.temp_size_in_bytes)
+  estimate = fit.estimate_bytes(spec, seeds)
+  assert actual <= estimate <= 20 * actual, (actual, estimate)

@@ -1,0 +1,108 @@
+"""Tests for jaxnorm.sharding: the seed axis over several devices gives the one-device results.
+
+The multi-device checks run in a subprocess with
+`XLA_FLAGS=--xla_force_host_platform_device_count=4` (the device count is fixed
+when JAX starts), which prints its measurements as JSON.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from jaxnorm import sharding
+from jaxnorm import validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FOUR_DEVICES = textwrap.dedent("""
+    import json, dataclasses
+    import jax, numpy as np
+    import jaxnorm
+    from jaxnorm import construct_batch, sharding
+    from jaxnorm.runs import fit_target
+    assert jax.device_count() == 4, jax.devices()
+    out = {}
+    spec = jaxnorm.FitSpec(target_widths=(3, 4, 2), hidden_widths=(12, 8), steps=20,
+                           chunk_steps=10, batch_size=16, eval_size=64)
+    for name, kwargs in (("one", dict(devices=1)), ("all", {}), ("chunked", dict(seed_chunk=1))):
+      r = jaxnorm.fit_seeds(spec, range(6), **kwargs)
+      out[name] = dict(rel_mse=r.rel_mse.tolist(), curve=r.loss_curve.tolist(),
+                       devices=r.devices, per_device=list(r.seeds_per_device),
+                       frozen=bool(r.frozen_unchanged), seeds=r.seed_ids.tolist(),
+                       gamma=np.asarray(r.params["norm_0"]["scale"]).tolist())
+    # batched reconstruction: 3 seeds over 4 devices (one padded) vs no mesh
+    key = jax.random.key(0)
+    ks = jax.random.split(key, 4)
+    target = [(jax.random.normal(ks[0], (3, 4, 3)), jax.random.normal(ks[1], (3, 4)))]
+    frozen = [jax.random.normal(ks[2], (3, 24, 3)), jax.random.normal(ks[3], (3, 4, 24))]
+    a = construct_batch.reconstruct_batch(target, frozen, radius=1.0)
+    b = construct_batch.reconstruct_batch(target, frozen, radius=1.0,
+                                          mesh=sharding.seed_mesh())
+    out["construct_gap"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                               for x, y in zip(a.gammas + a.betas, b.gammas + b.betas))
+    out["construct_shapes"] = [list(np.shape(g)) for g in b.gammas]
+    config = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(1.0,), seeds=5,
+                               steps=10, chunk_steps=5, batch_size=16, eval_size=64)
+    import sys
+    out["fit_target_devices"] = fit_target.run(config, sys.argv[1])["devices"]
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES,
+                         str(tmp_path_factory.mktemp("fit_target"))],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+  return json.loads(line[len("RESULT"):])
+
+
+def test_four_devices_match_one_device(four_devices):
+  one, four = four_devices["one"], four_devices["all"]
+  assert one["devices"] == 1 and four["devices"] == 4
+  assert four["seeds"] == list(range(6))          # padding dropped
+  np.testing.assert_allclose(four["rel_mse"], one["rel_mse"], rtol=1e-5)
+  np.testing.assert_allclose(four["curve"], one["curve"], rtol=1e-5)
+  np.testing.assert_allclose(four["gamma"], one["gamma"], rtol=1e-5, atol=1e-6)
+  assert one["frozen"] and four["frozen"]
+
+
+def test_each_device_holds_its_share_of_seeds(four_devices):
+  assert four_devices["one"]["per_device"] == [6]
+  assert four_devices["all"]["per_device"] == [2, 2, 2, 2]   # 6 seeds padded to 8
+
+
+def test_seed_chunks_match_one_vmap(four_devices):
+  np.testing.assert_allclose(four_devices["chunked"]["rel_mse"], four_devices["one"]["rel_mse"],
+                             rtol=1e-5)
+
+
+def test_batched_reconstruction_sharded_matches(four_devices):
+  assert four_devices["construct_gap"] < 1e-5
+  assert four_devices["construct_shapes"][0] == [3, 24]   # padding dropped
+
+
+def test_experiment_records_devices(four_devices):
+  assert four_devices["fit_target_devices"] == 4
+
+
+def test_pad_seed_ids_repeats_the_last():
+  mesh = sharding.seed_mesh(1)
+  assert sharding.pad_seed_ids(np.array([3, 5]), mesh).tolist() == [3, 5]
+  assert sharding.padded_count(5, mesh) == 5
+
+
+def test_too_many_devices_is_a_config_error():
+  with pytest.raises(validate.ConfigError, match="asked for 99 devices"):
+    sharding.seed_mesh(99)
+  with pytest.raises(validate.ConfigError, match="devices"):
+    sharding.seed_mesh(-1)
