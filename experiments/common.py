@@ -4,6 +4,7 @@ The flags defined here (`--checkpoint_every`, `--stop_after_chunks`,
 `--overwrite`, `--distributed` and its addresses) exist in every experiment.
 """
 
+import logging as std_logging
 import sys
 from typing import Callable
 
@@ -34,7 +35,7 @@ PREEMPTED_EXIT = 3
 
 
 def _not_orbax_chatter(record) -> bool:
-  return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def start() -> None:
@@ -42,7 +43,7 @@ def start() -> None:
 
   Orbax's own INFO lines (a dozen per checkpoint) are dropped from the log.
   """
-  logging.get_absl_handler().addFilter(_not_orbax_chatter)
+  logging.get_absl_logger().addFilter(_not_orbax_chatter)
   if DISTRIBUTED.value:
     try:
       jax.distributed.initialize(coordinator_address=COORDINATOR.value,

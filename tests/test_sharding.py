@@ -7,6 +7,7 @@ when JAX starts), which prints its measurements as JSON.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -49,21 +50,49 @@ FOUR_DEVICES = textwrap.dedent("""
     config = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(1.0,), seeds=5,
                                steps=10, chunk_steps=5, batch_size=16, eval_size=64)
     import sys
-    out["fit_target_devices"] = fit_target.run(config, sys.argv[1])["devices"]
+    out["fit_target_devices"] = fit_target.run(config, sys.argv[1] + "/one_process")["devices"]
     print("RESULT" + json.dumps(out))
 """)
 
 
+def _env(devices):
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+
+
 @pytest.fixture(scope="module")
-def four_devices(tmp_path_factory):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES,
-                         str(tmp_path_factory.mktemp("fit_target"))],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def workdirs(tmp_path_factory):
+  return tmp_path_factory.mktemp("fit_target")
+
+
+@pytest.fixture(scope="module")
+def four_devices(workdirs):
+  proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(workdirs)], cwd=ROOT,
+                        env=_env(4), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
   return json.loads(line[len("RESULT"):])
+
+
+def test_two_hosts_write_what_one_host_writes(four_devices, workdirs):
+  """Two processes x 2 devices (jax.distributed on localhost) = one process x 4 devices."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  flags = ["--target_widths=3,4,2", "--width_multipliers=1", "--seeds=5", "--steps=10",
+           "--chunk_steps=5", "--batch_size=16", "--eval_size=64", "--distributed",
+           f"--coordinator_address=localhost:{port}", "--num_processes=2",
+           f"--workdir={workdirs / 'two_processes'}"]
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.fit_target", *flags,
+                             f"--process_id={i}"], cwd=ROOT, env=_env(2),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "JAX process 1 / 2" in outs[1][1]
+  one = (workdirs / "one_process" / "results.json").read_bytes()
+  assert (workdirs / "two_processes" / "results.json").read_bytes() == one
 
 
 def test_four_devices_match_one_device(four_devices):
