@@ -83,6 +83,11 @@ def run_or_exit(fn: Callable[[], object]) -> object:
     sys.exit(PREEMPTED_EXIT)
 
 
+def is_writer() -> bool:
+  """Only JAX process 0 writes files and prints results (every process computes)."""
+  return jax.process_index() == 0
+
+
 def report_complete(results: dict, workdir: str) -> None:
   """Says so when the workdir already held this complete run (nothing was recomputed)."""
   if results.get("already_complete"):

@@ -85,6 +85,8 @@ def main(argv):
       seed_chunk=SEED_CHUNK.value)
   control = common.control()
   results = common.run_or_exit(lambda: fit_target.run(config, WORKDIR.value, control))
+  if not common.is_writer():
+    return
   common.report_complete(results, WORKDIR.value)
   print(fit_target.table(results["rows"]))
   print(f"frozen weights bit-identical after fitting: {results['frozen_unchanged']}")
