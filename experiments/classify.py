@@ -5,8 +5,11 @@ r"""Norm-only training of frozen random networks on real digits, beside its base
       --mlp_depths=2 --keep_probs=1 --conv_depths= --modes=norm,random_subset --seeds=8
 
 Data: scikit-learn's digits (ships with the package), fixed stratified split.
-Writes results.json, results.csv, acc_vs_params.png and norm_scaling.png into
---workdir and prints the accuracy table.
+Writes config.json, results.json, timings.json, results.csv, acc_vs_params.png
+and norm_scaling.png into --workdir and prints the accuracy table. The seeds
+are spread over every device (--devices); the training state is checkpointed
+into --workdir/checkpoints after every chunk, and re-running the same command
+resumes.
 """
 
 from absl import app
@@ -32,27 +35,36 @@ MODES = flags.DEFINE_list("modes", list(_D.modes),
 NORM = flags.DEFINE_string("norm", _D.norm, "batchnorm | affine | layernorm.")
 SEEDS = flags.DEFINE_integer("seeds", _D.seeds, "Seeds per cell and mode, trained at once.")
 STEPS = flags.DEFINE_integer("steps", _D.steps, "Adam steps.")
+CHUNK_STEPS = flags.DEFINE_integer("chunk_steps", _D.chunk_steps,
+                                   "Steps per compiled chunk (a checkpoint is saved after each).")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", _D.batch_size, "Examples per step.")
 LEARNING_RATE = flags.DEFINE_float("learning_rate", _D.learning_rate, "Peak learning rate.")
 SEED = flags.DEFINE_integer("seed", _D.seed, "Base random seed.")
+DEVICES = flags.DEFINE_integer("devices", _D.devices,
+                               "Devices to spread the seeds over (0: every device of the job).")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.log_environment()
+  common.start()
   config = classify.Config(
       mlp_depths=common.int_list(MLP_DEPTHS.value), mlp_widths=common.int_list(MLP_WIDTHS.value),
       keep_probs=common.float_list(KEEP_PROBS.value),
       conv_depths=common.int_list(CONV_DEPTHS.value),
       conv_channels=common.int_list(CONV_CHANNELS.value), modes=tuple(MODES.value),
-      norm=NORM.value, seeds=SEEDS.value, steps=STEPS.value, batch_size=BATCH_SIZE.value,
-      learning_rate=LEARNING_RATE.value, seed=SEED.value)
-  results = common.run_or_exit(lambda: classify.run(config, WORKDIR.value))
-  print(classify.table(results["rows"]))
+      norm=NORM.value, seeds=SEEDS.value, steps=STEPS.value, chunk_steps=CHUNK_STEPS.value,
+      batch_size=BATCH_SIZE.value, learning_rate=LEARNING_RATE.value, seed=SEED.value,
+      devices=DEVICES.value)
+  control = common.control()
+  results = common.run_or_exit(lambda: classify.run(config, WORKDIR.value, control))
+  common.report_complete(results, WORKDIR.value)
+  print(classify.table(results["rows"], results["timings"]))
   print(f"chance: {results['chance']:.2f}; frozen weights bit-identical after training: "
         f"{results['frozen_unchanged']}")
+  print(f"seeds spread over {results['devices']} device(s); wrote {WORKDIR.value}/results.json, "
+        f"timings.json, results.csv, acc_vs_params.png")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ r"""The exact construction: phase transition, sparse threshold, scale, gap to gr
   python -m experiments.reconstruct --workdir=/tmp/rec_scale --study=scale
   python -m experiments.reconstruct --workdir=/tmp/rec_gap --study=gap
 
-Writes results.json, results.csv and <study>.png into --workdir and prints the table.
+Writes config.json, results.json, timings.json, results.csv and <study>.png into
+--workdir and prints the table. Every row is checkpointed into
+--workdir/checkpoints (the gap study's fits after every chunk too); re-running
+the same command resumes.
 """
 
 from absl import app
@@ -28,20 +31,26 @@ STEPS = flags.DEFINE_integer("steps", _D.steps, "Gradient steps (gap).")
 LEARNING_RATE = flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam's learning rate (gap).")
 TEST_POINTS = flags.DEFINE_integer("test_points", _D.test_points,
                                    "Points for the relative error (inside and on the sphere).")
+DEVICES = flags.DEFINE_integer("devices", _D.devices,
+                               "Devices the gap study's fits spread their seeds over (0: all).")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.log_environment()
+  common.start()
   config = reconstruct.Config(
       study=STUDY.value, dims=common.int_list(DIMS.value), ratios=common.float_list(RATIOS.value),
       keep_probs=common.float_list(KEEP_PROBS.value), seeds=SEEDS.value, radius=RADIUS.value,
       seed=SEED.value, steps=STEPS.value, learning_rate=LEARNING_RATE.value,
-      test_points=TEST_POINTS.value)
-  results = common.run_or_exit(lambda: reconstruct.run(config, WORKDIR.value))
-  print(reconstruct.table(results["rows"]))
+      test_points=TEST_POINTS.value, devices=DEVICES.value)
+  control = common.control()
+  results = common.run_or_exit(lambda: reconstruct.run(config, WORKDIR.value, control))
+  common.report_complete(results, WORKDIR.value)
+  print(reconstruct.table(results["rows"], results["timings"]))
+  print(f"devices: {results['devices']}; wrote {WORKDIR.value}/results.json, timings.json, "
+        f"results.csv, {results['config']['study']}.png")
 
 
 if __name__ == "__main__":

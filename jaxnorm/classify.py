@@ -11,8 +11,10 @@ Modes (what is trainable; everything else stays bit-identical):
 
 All seeds of one (model, mode) cell train in one compiled program: `jax.vmap`
 over seeds (each its own frozen network, random subset and batch order),
-`jax.lax.scan` over steps. Only the trainable leaves are differentiated; in
-`random_subset` the selected weights' leaves are differentiated and an
+spread over devices with `jax.shard_map` (`jaxnorm.sharding`), and
+`jax.lax.scan` over steps in chunks; the state can be checkpointed after every
+chunk and a run resumed from it. Only the trainable leaves are differentiated;
+in `random_subset` the selected weights' leaves are differentiated and an
 element mask keeps every other entry. BatchNorm uses batch statistics in
 training and each seed's own running averages at evaluation.
 """
@@ -22,17 +24,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from jaxnorm import data
+from jaxnorm import fit
 from jaxnorm import freeze
 from jaxnorm import jit
 from jaxnorm import models
+from jaxnorm import sharding
 from jaxnorm import trees
 from jaxnorm import validate
 
@@ -92,6 +97,7 @@ def check_spec(spec: ClassifySpec) -> ClassifySpec:
     validate.positive_int(name, getattr(spec, name))
   validate.probability("keep probability p", spec.keep_prob)
   validate.positive_float("learning_rate", spec.learning_rate)
+  validate.non_negative_int("seed", spec.seed)
   return spec
 
 
@@ -140,6 +146,34 @@ def random_subset_masks(key, weights: dict, n: int) -> dict:
   return masks
 
 
+def estimate_bytes(spec: ClassifySpec, seeds: int, n_train: int, n_test: int) -> int:
+  """Estimated peak memory of training `seeds` seeds of `spec` on one device (float32).
+
+  Each seed keeps its parameters (twice on the device, once on the host)
+  and, for the leaves it differentiates, Adam's two moments, a gradient, a
+  mask and a host copy; a step needs the activations of a batch and their
+  gradients, an evaluation those of the whole train (or test) set. Sizes come
+  from `jax.eval_shape` (nothing is allocated or compiled).
+
+  Args:
+    spec: the cell (validated).
+    seeds: seeds on the device.
+    n_train: training examples.
+    n_test: test examples.
+
+  Returns:
+    Bytes.
+  """
+  sample = _inputs(spec, np.zeros((1, 64), np.float32))
+  shapes = jax.eval_shape(spec.network().init, jax.random.key(0), sample)["params"]
+  size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  params = size(shapes)
+  trainable = size(freeze.partition(shapes, leaf_mask(shapes, spec))[0])
+  units = 64 + (count_norm_params(shapes) // 2) * (64 if spec.model == "conv" else 1)
+  work = max(6 * spec.batch_size, 2 * max(n_train, n_test)) * units
+  return 4 * (seeds * (3 * params + 4 * trainable + work) + 64 * (n_train + n_test))
+
+
 class TrainState(NamedTuple):
   """One seed's state (a leading seed axis is added when batched)."""
   trainable: Any
@@ -161,6 +195,8 @@ class ClassifyResult(NamedTuple):
     trainable_params: trainable entries per seed.
     frozen_unchanged: every frozen leaf, and every unselected entry of a
       random_subset leaf, is bit-identical after training.
+    devices: devices the seeds were spread over.
+    seeds_per_device: seeds (padding included) held by each local device.
     seconds: wall time, compilation included.
   """
   test_acc: np.ndarray
@@ -168,6 +204,8 @@ class ClassifyResult(NamedTuple):
   loss_curve: np.ndarray
   trainable_params: int
   frozen_unchanged: bool
+  devices: int
+  seeds_per_device: tuple[int, ...]
   seconds: float
 
 
@@ -229,18 +267,28 @@ def _accuracy(spec: ClassifySpec, state: TrainState, x, y):
 
 
 @functools.lru_cache(maxsize=128)
-def _programs(spec: ClassifySpec):
-  init = jit.one_shot_jit(jax.vmap(functools.partial(_init, spec), in_axes=(None, 0)))
-  chunk = functools.lru_cache(maxsize=4)(lambda length: jax.jit(
-      jax.vmap(functools.partial(_chunk, spec, length), in_axes=(0, None, None)),
-      donate_argnums=0))
-  accuracy = jit.one_shot_jit(jax.vmap(functools.partial(_accuracy, spec),
-                                       in_axes=(0, None, None)))
+def _programs(spec: ClassifySpec, mesh):
+  """init, chunk(length) and accuracy, each vmapped over seeds and split over `mesh`.
+
+  Every program takes the replicated data first and the per-seed argument last.
+  """
+  init = jit.one_shot_jit(sharding.over_seeds(
+      jax.vmap(functools.partial(_init, spec), in_axes=(None, 0)), mesh, fixed_args=1))
+
+  @functools.lru_cache(maxsize=4)
+  def chunk(length: int):
+    per_seed = jax.vmap(functools.partial(_chunk, spec, length), in_axes=(0, None, None))
+    return jax.jit(sharding.over_seeds(lambda x, y, state: per_seed(state, x, y), mesh,
+                                       fixed_args=2), donate_argnums=2)
+
+  per_seed_acc = jax.vmap(functools.partial(_accuracy, spec), in_axes=(0, None, None))
+  accuracy = jit.one_shot_jit(sharding.over_seeds(lambda x, y, state: per_seed_acc(state, x, y),
+                                                  mesh, fixed_args=2))
   return init, chunk, accuracy
 
 
 def _inputs(spec, x):
-  return jnp.asarray(data.as_images(x) if spec.model == "conv" else x)
+  return np.asarray(data.as_images(x) if spec.model == "conv" else x)
 
 
 def _unselected_unchanged(before, after, masks) -> bool:
@@ -248,41 +296,63 @@ def _unselected_unchanged(before, after, masks) -> bool:
              == np.asarray(after[p])[~np.asarray(masks[p])].tobytes() for p in before)
 
 
-def train(spec: ClassifySpec, seed_ids, split: data.Split) -> ClassifyResult:
+def train(spec: ClassifySpec, seed_ids, split: data.Split, *, devices: Optional[int] = None,
+          checkpoint: Optional[fit.Checkpoint] = None) -> ClassifyResult:
   """Trains one frozen network per seed in one program and evaluates it.
+
+  The seeds are split over `devices` devices (padded to a multiple of the
+  device count, the padding dropped from the results).
 
   Args:
     spec: the cell (validated here before any compute).
     seed_ids: non-negative integer seed ids.
     split: the data (`data.digits()`).
+    devices: how many devices to spread the seeds over (`None`/0: all).
+    checkpoint: optional `fit.Checkpoint` (e.g. `jaxnorm.checkpoint.FitSlot`):
+      resume from it, and save the `TrainState` and loss curve into it after
+      every chunk.
 
   Returns:
     A `ClassifyResult`.
   """
   check_spec(spec)
-  seed_ids = np.asarray(list(seed_ids), np.int32)
+  seed_ids = np.asarray(list(seed_ids))
   if seed_ids.size == 0:
     raise validate.ConfigError("need at least one seed, got 0")
+  if seed_ids.ndim != 1 or not np.issubdtype(seed_ids.dtype, np.integer) or (seed_ids < 0).any():
+    raise validate.ConfigError(f"seed ids must be non-negative integers, got {seed_ids.tolist()}")
+  mesh = sharding.seed_mesh(devices)
+  n = seed_ids.size
   start = time.perf_counter()
-  init, chunk, accuracy = _programs(spec)
-  x_train, x_test = _inputs(spec, split.x_train), _inputs(spec, split.x_test)
-  y_train, y_test = jnp.asarray(split.y_train), jnp.asarray(split.y_test)
-  state = init(x_train[:1], jnp.asarray(seed_ids))
-  frozen_before, trainable_before = trees.to_host(state.frozen), trees.to_host(state.trainable)
-  masks = trees.to_host(state.masks)
+  init, chunk, accuracy = _programs(spec, mesh)
+  x_train, y_train, x_test, y_test = sharding.replicate(
+      (_inputs(spec, split.x_train), np.asarray(split.y_train),
+       _inputs(spec, split.x_test), np.asarray(split.y_test)), mesh)
+  ids = sharding.distribute(sharding.pad_seed_ids(seed_ids, mesh).astype(np.int32), mesh)
+  state = init(sharding.replicate(_inputs(spec, split.x_train[:1]), mesh), ids)
+  frozen_before = sharding.to_host(state.frozen)
+  subset = spec.mode == "random_subset"
+  trainable_before = sharding.to_host(state.trainable) if subset else None
+  masks = sharding.to_host(state.masks)
   trainable_params = int(sum(m[0].sum() for m in masks.values()))
-  curve, done = [], 0
-  while done < spec.steps:
-    length = min(spec.chunk_steps, spec.steps - done)
-    state, loss = chunk(length)(state, x_train, y_train)
-    curve.append(np.asarray(loss))
-    done += length
-  unchanged = trees.bit_identical(frozen_before, trees.to_host(state.frozen))
-  if spec.mode == "random_subset":
-    unchanged &= _unselected_unchanged(trainable_before, trees.to_host(state.trainable), masks)
+  lengths = fit.chunk_lengths(spec)
+  curve = np.full((len(lengths), ids.shape[0]), np.nan, np.float32)
+  resumed = checkpoint.restore(state, curve) if checkpoint is not None else None
+  done = 0
+  if resumed is not None:
+    done, state, curve = resumed
+    logging.info("resumed after chunk %d/%d", done, len(lengths))
+  for i in range(done, len(lengths)):
+    state, loss = chunk(lengths[i])(x_train, y_train, state)
+    curve[i] = sharding.to_host(loss)
+    if checkpoint is not None:
+      checkpoint.save(i + 1, len(lengths), state, curve)
+  unchanged = trees.bit_identical(frozen_before, sharding.to_host(state.frozen))
+  if subset:
+    unchanged &= _unselected_unchanged(trainable_before, sharding.to_host(state.trainable), masks)
   return ClassifyResult(
-      test_acc=np.asarray(accuracy(state, x_test, y_test)),
-      train_acc=np.asarray(accuracy(state, x_train, y_train)),
-      loss_curve=np.stack(curve, axis=1), trainable_params=trainable_params,
-      frozen_unchanged=bool(unchanged), seconds=time.perf_counter() - start)
-
+      test_acc=sharding.to_host(accuracy(x_test, y_test, state), n),
+      train_acc=sharding.to_host(accuracy(x_train, y_train, state), n),
+      loss_curve=curve[:, :n].T, trainable_params=trainable_params,
+      frozen_unchanged=bool(unchanged), devices=mesh.size,
+      seeds_per_device=sharding.shard_sizes(state.step), seconds=time.perf_counter() - start)

@@ -1,6 +1,10 @@
 """Tests for jaxnorm.classify: what each mode trains, and that nothing else moves."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +16,7 @@ import jaxnorm
 from jaxnorm import classify
 from jaxnorm import data
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = classify.ClassifySpec(model="mlp", depth=1, width=16, steps=40, chunk_steps=20,
                              batch_size=32, learning_rate=1e-2)
 
@@ -88,3 +93,68 @@ def test_seed_alone_equals_seed_among_others(split):
 def test_bad_spec(split, change, needle):
   with pytest.raises(jaxnorm.ConfigError, match=needle):
     classify.train(dataclasses.replace(TINY, **change), [0], split)
+
+
+SHARDED = """
+import json
+import numpy as np
+from jaxnorm import classify, data
+spec = classify.ClassifySpec(model="mlp", depth=1, width=8, steps=4, chunk_steps=2, batch_size=8)
+split = data.digits()
+four = classify.train(spec, range(5), split, devices=4)
+one = classify.train(spec, range(5), split, devices=1)
+print(json.dumps({"devices": [four.devices, one.devices],
+                  "per_device": [list(four.seeds_per_device), list(one.seeds_per_device)],
+                  "acc": [four.test_acc.tolist(), one.test_acc.tolist()],
+                  "train_acc": [four.train_acc.tolist(), one.train_acc.tolist()],
+                  "curve": [four.loss_curve.tolist(), one.loss_curve.tolist()],
+                  "frozen": [four.frozen_unchanged, one.frozen_unchanged]}))
+"""
+
+
+def test_seeds_spread_over_four_devices_match_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["devices"] == [4, 1]
+  assert out["per_device"] == [[2, 2, 2, 2], [5]]   # 5 seeds padded to 8, padding dropped
+  four, one = (np.asarray(a) for a in out["acc"])
+  assert four.shape == (5,)
+  np.testing.assert_allclose(four, one, atol=1e-5)
+  np.testing.assert_allclose(*out["train_acc"], atol=1e-5)
+  np.testing.assert_allclose(*out["curve"], rtol=1e-5)
+  assert out["frozen"] == [True, True]
+
+
+class _Slot:
+  """An in-memory `fit.Checkpoint`: keeps what `save` got, returns it from `restore`."""
+
+  def __init__(self, stop_after=None):
+    self.saved, self.stop_after = None, stop_after
+
+  def restore(self, like_state, like_curve):
+    del like_state, like_curve
+    return self.saved
+
+  def save(self, chunks_done, n_chunks, state, curve):
+    assert 0 < chunks_done <= n_chunks
+    self.saved = (chunks_done, jax.tree.map(jnp.copy, state), np.array(curve))  # state is donated
+    if chunks_done == self.stop_after:
+      raise KeyboardInterrupt
+
+
+def test_train_resumes_from_its_checkpoint_bit_identically(split):
+  whole = classify.train(TINY, [0, 1], split)   # two chunks of 20 steps
+  slot = _Slot(stop_after=1)
+  with pytest.raises(KeyboardInterrupt):
+    classify.train(TINY, [0, 1], split, checkpoint=slot)
+  assert slot.saved[0] == 1 and np.isnan(slot.saved[2][1]).all()
+  resumed = classify.train(TINY, [0, 1], split, checkpoint=slot)
+  assert slot.saved[0] == 2
+  for a, b in [(whole.test_acc, resumed.test_acc), (whole.train_acc, resumed.train_acc),
+               (whole.loss_curve, resumed.loss_curve)]:
+    assert a.tobytes() == b.tobytes()
+  assert resumed.frozen_unchanged

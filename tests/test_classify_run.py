@@ -1,5 +1,6 @@
-"""Tiny end-to-end run of the classify experiment, and its CLI's bad-input handling."""
+"""Tiny end-to-end runs of the classify experiment: outputs, resume, refusals, and its CLI."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -7,27 +8,82 @@ import sys
 
 import pytest
 
+from jaxnorm import checkpoint
+from jaxnorm import memory
 from jaxnorm.runs import classify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Six (cell, mode) units of two chunks each.
+TINY = classify.Config(mlp_depths=(1,), mlp_widths=(8,), keep_probs=(1.0, 0.5), conv_depths=(1,),
+                       conv_channels=(2,), modes=("norm", "random_subset"), seeds=2, steps=6,
+                       chunk_steps=3, batch_size=8)
+OUTPUTS = ("config.json", "results.json", "timings.json", "results.csv")
 
 
-def test_run_writes_every_cell_and_mode(tmp_path):
-  config = classify.Config(mlp_depths=(1,), mlp_widths=(8,), keep_probs=(1.0, 0.5),
-                           conv_depths=(1,), conv_channels=(2,), modes=("norm", "random_subset"),
-                           seeds=2, steps=6, batch_size=8)
-  results = classify.run(config, str(tmp_path))
-  rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+def _files(path):
+  return {name: (path / name).read_bytes() for name in sorted(os.listdir(path))
+          if (path / name).is_file()}
+
+
+@pytest.fixture(scope="module")
+def complete(tmp_path_factory):
+  """A workdir holding a complete, uninterrupted run of `TINY`, and its returned results."""
+  path = tmp_path_factory.mktemp("complete")
+  return path, classify.run(TINY, str(path))
+
+
+def test_run_writes_every_cell_and_mode(complete):
+  path, results = complete
+  on_disk = json.loads((path / "results.json").read_text())
+  rows = on_disk["rows"]
   assert [(r["model"], r["p"], r["mode"]) for r in rows] == [
       ("mlp", 1.0, "norm"), ("mlp", 1.0, "random_subset"), ("mlp", 0.5, "norm"),
       ("mlp", 0.5, "random_subset"), ("conv", 1.0, "norm"), ("conv", 1.0, "random_subset")]
   for r in rows:
     assert {"model", "mode", "depth", "width", "p", "trainable_params", "test_acc_mean",
             "test_acc_std", "seeds"} <= set(r)
+    assert "seconds" not in r   # timings.json: results.json is reproducible
   assert rows[0]["trainable_params"] == rows[1]["trainable_params"] == 2 * (8 + 10)
-  assert results["frozen_unchanged"] is True
-  assert (tmp_path / "acc_vs_params.png").stat().st_size > 1000
-  assert "test_acc_mean" in classify.table(results["rows"])
+  assert on_disk["frozen_unchanged"] is True and on_disk["devices"] >= 1
+  assert json.loads((path / "config.json").read_text()) == on_disk["config"]
+  timings = json.loads((path / "timings.json").read_text())
+  assert sorted(timings) == [str(i) for i in range(6)] and results["timings"] == timings
+  assert {k: v for k, v in results.items() if k != "timings"} == on_disk
+  assert (path / "acc_vs_params.png").stat().st_size > 1000
+  table = classify.table(results["rows"], results["timings"])
+  assert "test_acc_mean" in table and "seconds" in table
+
+
+def test_stopped_and_resumed_run_writes_the_same_bytes(complete, tmp_path):
+  path, _ = complete
+  for stop in (5, 4):   # mid-unit: after the first chunk of the third, then of the fifth unit
+    with pytest.raises(checkpoint.Preempted):
+      classify.run(TINY, str(tmp_path), checkpoint.Control(stop_after_chunks=stop))
+    assert not (tmp_path / "results.json").exists()
+  classify.run(TINY, str(tmp_path))
+  for name in ("results.json", "results.csv"):
+    assert (tmp_path / name).read_bytes() == (path / name).read_bytes(), name
+
+
+def test_complete_workdir_is_reported_not_recomputed(complete, monkeypatch):
+  path, results = complete
+  before = _files(path)
+
+  def forbidden(*args, **kwargs):
+    raise AssertionError("a complete run was recomputed")
+  monkeypatch.setattr(classify.classify, "train", forbidden)
+  again = classify.run(TINY, str(path))
+  assert again.pop("already_complete") is True
+  assert again == results
+  assert _files(path) == before
+
+
+def test_workdir_with_another_config_is_refused_untouched(complete):
+  path, _ = complete
+  before = _files(path)
+  with pytest.raises(classify.validate.ConfigError, match="another config.*seeds: 2 -> 3"):
+    classify.run(dataclasses.replace(TINY, seeds=3), str(path))
+  assert _files(path) == before
 
 
 def test_cells_are_the_union_of_the_sweeps():
@@ -35,13 +91,70 @@ def test_cells_are_the_union_of_the_sweeps():
                                          keep_probs=(1.0, 0.25), conv_depths=(), modes=("norm",)))
   assert [(s.depth, s.width, s.keep_prob) for s in specs] == [
       (2, 32, 1.0), (1, 32, 1.0), (2, 64, 1.0), (2, 32, 0.25)]
+  assert all(s.chunk_steps == 300 for s in specs)
 
 
-@pytest.mark.parametrize("flag,needle", [("--modes=norm,weights", "weights"),
-                                         ("--keep_probs=0", "0"), ("--mlp_widths=-2", "-2")])
-def test_cli_bad_input(tmp_path, flag, needle):
-  proc = subprocess.run([sys.executable, "-m", "experiments.classify", f"--workdir={tmp_path}",
-                         flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("change,needle", [
+    (dict(devices=99), "asked for 99 devices"),
+    (dict(devices=-1), "devices"),
+    (dict(chunk_steps=0), "chunk_steps"),
+    (dict(seed=-1), "seed"),
+    (dict(modes=("norm", "norm")), "repeats"),
+    (dict(conv_channels=(0,)), "conv_channels"),
+    (dict(mlp_widths=(10 ** 6,)), "needs about"),   # ~4 TB of frozen weights per seed
+])
+def test_bad_config_is_refused_before_compute(tmp_path, monkeypatch, change, needle):
+  def forbidden(*args, **kwargs):
+    raise AssertionError("compute started before the input was validated")
+  monkeypatch.setattr(classify.classify, "train", forbidden)
+  (tmp_path / "results.json").write_text("earlier")
+  with pytest.raises(classify.validate.ConfigError, match=needle):
+    classify.run(dataclasses.replace(TINY, **change), str(tmp_path))
+  assert _files(tmp_path) == {"results.json": b"earlier"}
+
+
+def test_memory_estimate_is_checked(monkeypatch, tmp_path):
+  monkeypatch.setattr(memory, "available_bytes", lambda: (1 << 20, 1))
+  with pytest.raises(classify.validate.ConfigError, match=r"classify needs about .* of memory"):
+    classify.run(TINY, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("where,needle", [("a_file", "not a directory"),
+                                          ("a_file/sub", "not writable")])
+def test_workdir_that_is_a_file_or_below_one_is_refused(tmp_path, where, needle):
+  (tmp_path / "a_file").write_text("keep me")
+  with pytest.raises(classify.validate.ConfigError, match=needle):
+    classify.run(TINY, str(tmp_path / where))
+  assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.classify", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--modes=norm,weights"], "weights"),
+    (["--keep_probs=0"], "0"),
+    (["--mlp_widths=-2"], "-2"),
+    (["--devices=99"], "asked for 99 devices"),
+    (["--mlp_widths=1000000", "--conv_depths="], "needs about"),
+    (["--stop_after_chunks=0"], "stop_after_chunks"),
+])
+def test_cli_bad_input_is_one_line_and_leaves_workdir_alone(tmp_path, flags, needle):
+  (tmp_path / "results.json").write_text('{"earlier": "run"}\n')
+  proc = _cli(f"--workdir={tmp_path}", *flags)
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr
-  assert "Traceback" not in proc.stderr and os.listdir(tmp_path) == []
+  assert "Traceback" not in proc.stderr
+  assert _files(tmp_path) == {"results.json": b'{"earlier": "run"}\n'}
+
+
+def test_cli_stop_after_chunks_exits_3_with_a_checkpoint(tmp_path):
+  proc = _cli(f"--workdir={tmp_path}", "--mlp_depths=1", "--mlp_widths=8", "--keep_probs=1",
+              "--conv_depths=", "--modes=norm", "--seeds=2", "--steps=4",
+              "--chunk_steps=2", "--batch_size=8", "--stop_after_chunks=1")
+  assert proc.returncode == 3, proc.stderr
+  assert "preempted" in proc.stderr and "Traceback" not in proc.stderr
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json"]

@@ -1,9 +1,17 @@
 """Norm-only training of frozen random networks on real digits, beside its baselines.
 
 Every (model, depth, width, p) cell is trained in every mode of
-`jaxnorm.classify.MODES` with the same seeds; the run writes into its workdir:
+`jaxnorm.classify.MODES` with the same seeds, spread over the devices; the run
+writes into its workdir:
 
-* `results.json`  `{"config", "frozen_unchanged", "rows": [...]}`, one row per (cell, mode);
+* `config.json`   the config it ran with;
+* `results.json`  `{"config", "devices", "frozen_unchanged", "chance", "rows": [...]}`,
+  one row per (cell, mode) — written last, it marks the run complete;
+* `timings.json`  wall time of each (cell, mode), by row index (kept out of
+  `results.json`, which is bit-identical across runs of the same config on the
+  same machine);
+* `checkpoints/`  Orbax checkpoints (after every chunk of steps): re-running
+  the same command resumes;
 * `results.csv`   the same rows;
 * `acc_vs_params.png`  test accuracy vs trainable parameters, one series per mode;
 * `norm_scaling.png`   `norm` mode: test accuracy vs width (per depth) and vs depth.
@@ -15,14 +23,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
-import jax
 from absl import logging
 
+from jaxnorm import checkpoint
 from jaxnorm import classify
 from jaxnorm import data
+from jaxnorm import memory
+from jaxnorm import sharding
 from jaxnorm import validate
+from jaxnorm.runs import lifecycle
 from jaxnorm.runs import outputs
 from jaxnorm.runs import plots
 
@@ -49,9 +60,12 @@ class Config:
     norm: normalization kind.
     seeds: seeds per cell and mode.
     steps: Adam steps.
+    chunk_steps: steps per compiled chunk; the training state is checkpointed
+      after every chunk.
     batch_size: examples per step.
     learning_rate: Adam's peak learning rate (cosine decay).
     seed: base seed (the data split is fixed).
+    devices: devices to spread the seeds over (0: every device).
   """
 
   mlp_depths: Sequence[int] = (1, 2, 3)
@@ -63,13 +77,25 @@ class Config:
   norm: str = "batchnorm"
   seeds: int = 4
   steps: int = 600
+  chunk_steps: int = 300
   batch_size: int = 128
   learning_rate: float = 3e-3
   seed: int = 0
+  devices: int = 0
 
 
 def cells(config: Config) -> list[classify.ClassifySpec]:
-  """Validates `config` and lists every (cell, mode) spec, before any compute."""
+  """Validates `config` and lists every (cell, mode) spec, before any compute.
+
+  Args:
+    config: the experiment config.
+
+  Returns:
+    One spec per (cell, mode), cell by cell, each cell's modes in the order given.
+
+  Raises:
+    validate.ConfigError: naming the first bad value.
+  """
   depths = validate.positive_ints("mlp_depths", config.mlp_depths)
   widths = validate.positive_ints("mlp_widths", config.mlp_widths)
   probs = [validate.probability("keep probability p", p) for p in config.keep_probs]
@@ -79,7 +105,14 @@ def cells(config: Config) -> list[classify.ClassifySpec]:
   conv_channels = validate.positive_ints("conv_channels", config.conv_channels, min_len=0)
   if not config.modes:
     raise validate.ConfigError("modes needs at least one entry")
+  for mode in config.modes:
+    validate.one_of("mode", mode, classify.MODES)
+  if len(set(config.modes)) != len(config.modes):
+    raise validate.ConfigError(f"modes has repeats: {list(config.modes)}")
   validate.positive_int("seeds", config.seeds)
+  validate.positive_int("steps", config.steps)
+  validate.positive_int("chunk_steps", config.chunk_steps)
+  validate.non_negative_int("devices", config.devices)
   mlp = dict.fromkeys([(d, widths[0], probs[0]) for d in depths]
                       + [(depths[0], w, probs[0]) for w in widths]
                       + [(depths[0], widths[0], p) for p in probs])
@@ -87,14 +120,26 @@ def cells(config: Config) -> list[classify.ClassifySpec]:
       ("conv", d, c, 1.0) for d in conv_depths for c in conv_channels]
   return [classify.check_spec(classify.ClassifySpec(
       model=model, mode=mode, depth=d, width=w, keep_prob=p, norm=config.norm,
-      steps=config.steps, chunk_steps=max(1, config.steps // 2), batch_size=config.batch_size,
+      steps=config.steps, chunk_steps=min(config.chunk_steps, config.steps),
+      batch_size=config.batch_size,
       learning_rate=config.learning_rate, seed=config.seed))
           for model, d, w, p in shapes for mode in config.modes]
 
 
-def table(rows: Sequence[dict[str, Any]]) -> str:
-  """The accuracy table printed at the end of a run."""
-  return outputs.format_table(COLUMNS, [[r[k] for k in COLUMNS] for r in rows])
+def table(rows: Sequence[dict[str, Any]], timings: Optional[dict[str, Any]] = None) -> str:
+  """The accuracy table printed at the end of a run.
+
+  Args:
+    rows: `results.json`'s rows.
+    timings: `timings.json` (seconds by row index); `None` leaves them out.
+
+  Returns:
+    The table.
+  """
+  timings = timings or {}
+  return outputs.format_table(COLUMNS, [
+      [timings.get(str(i), "-") if k == "seconds" else r[k] for k in COLUMNS]
+      for i, r in enumerate(rows)])
 
 
 def _plots(rows, workdir: str) -> None:
@@ -130,41 +175,65 @@ def _plots(rows, workdir: str) -> None:
                       title="norm-only MLPs on digits: width and depth", logy=False)
 
 
-def run(config: Config, workdir: str) -> dict[str, Any]:
-  """Trains every cell in every mode and writes the outputs into `workdir`.
+def estimate_bytes(config: Config, devices: int, split: data.Split) -> int:
+  """Peak memory per device of the largest (cell, mode) the config asks for (an estimate)."""
+  return max(classify.estimate_bytes(spec, -(-config.seeds // devices), len(split.y_train),
+                                     len(split.y_test)) for spec in cells(config))
+
+
+def _row(spec: classify.ClassifySpec, result: classify.ClassifyResult) -> dict[str, Any]:
+  return {"model": spec.model, "mode": spec.mode, "depth": spec.depth, "width": spec.width,
+          "p": spec.keep_prob, "trainable_params": result.trainable_params,
+          "test_acc_mean": float(result.test_acc.mean()),
+          "test_acc_std": float(result.test_acc.std()),
+          "train_acc_mean": float(result.train_acc.mean()), "seeds": int(result.test_acc.size),
+          "frozen_unchanged": result.frozen_unchanged}
+
+
+def run(config: Config, workdir: str,
+        control: checkpoint.Control = checkpoint.Control()) -> dict[str, Any]:
+  """Trains every cell in every mode (or resumes) and writes the outputs into `workdir`.
 
   Args:
     config: the experiment config (validated before any compute).
-    workdir: output directory.
+    workdir: output directory (created if missing).
+    control: checkpointing (interval, simulated preemption, overwrite).
 
   Returns:
-    The content of `results.json`.
+    The content of `results.json`, with `"timings"` (the content of
+    `timings.json`) added, and `"already_complete": True` when the workdir
+    held a complete run (which is then left as it was).
+
+  Raises:
+    validate.ConfigError: bad config, or a workdir holding another config.
+    checkpoint.Preempted: after `control.stop_after_chunks` chunks.
   """
-  workdir = validate.workdir(workdir)
   specs = cells(config)
+  mesh = sharding.seed_mesh(config.devices)
   split = data.digits()
-  rows, frozen_ok = [], True
-  for i, spec in enumerate(specs):
-    result = classify.train(spec, range(config.seeds), split)
-    frozen_ok &= result.frozen_unchanged
-    rows.append({"model": spec.model, "mode": spec.mode, "depth": spec.depth,
-                 "width": spec.width, "p": spec.keep_prob,
-                 "trainable_params": result.trainable_params,
-                 "test_acc_mean": float(result.test_acc.mean()),
-                 "test_acc_std": float(result.test_acc.std()),
-                 "train_acc_mean": float(result.train_acc.mean()),
-                 "seconds": round(result.seconds, 3), "seeds": config.seeds,
-                 "frozen_unchanged": result.frozen_unchanged})
-    logging.info("[%d/%d] %s depth %d width %d p=%g %-13s: test acc %.3f ± %.3f, %d trainable, "
-                 "%.1f s", i + 1, len(specs), spec.model, spec.depth, spec.width, spec.keep_prob,
-                 spec.mode, result.test_acc.mean(), result.test_acc.std(),
-                 result.trainable_params, result.seconds)
-  results = {"config": dataclasses.asdict(config), "frozen_unchanged": bool(frozen_ok),
+  memory.check(estimate_bytes(config, mesh.size, split), "classify")
+  run_ = lifecycle.Run(workdir, dataclasses.asdict(config), control)
+  if run_.finished is not None:
+    return dict(run_.finished, timings=run_.timings, already_complete=True)
+  try:
+    for unit in range(len(run_.records), len(specs)):
+      spec = specs[unit]
+      result = classify.train(spec, range(config.seeds), split, devices=config.devices,
+                              checkpoint=run_.fit_slot(unit))
+      row = run_.unit_done(_row(spec, result), seconds=result.seconds)
+      logging.info("[%d/%d] %s depth %d width %d p=%g %-13s: test acc %.3f ± %.3f, %d trainable, "
+                   "%.1f s on %d device(s)", unit + 1, len(specs), spec.model, spec.depth,
+                   spec.width, spec.keep_prob, spec.mode, row["test_acc_mean"],
+                   row["test_acc_std"], row["trainable_params"], result.seconds, result.devices)
+  except BaseException:
+    run_.close()
+    raise
+  rows = run_.records
+  results = {"config": run_.config, "devices": mesh.size,
+             "frozen_unchanged": all(r["frozen_unchanged"] for r in rows),
              "chance": 1.0 / data.N_CLASSES, "rows": rows}
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    outputs.write_json(os.path.join(workdir, "results.json"), results)
-    outputs.write_csv(os.path.join(workdir, "results.csv"), list(rows[0]),
-                      [list(r.values()) for r in rows])
-    _plots(rows, workdir)
-  return results
+  if run_.writer:
+    outputs.write_csv(run_.path("results.csv"), list(rows[0]), [list(r.values()) for r in rows])
+    _plots(rows, run_.workdir)
+  timings = dict(run_.timings)
+  return dict(run_.finish(results), timings=timings)

@@ -72,9 +72,13 @@ class Run:
             f"workdir {self.workdir} holds a run with another config ({_differences(saved, self.config)}); "
             f"pass --overwrite to replace it, or use another workdir")
     self.finished: Optional[dict[str, Any]] = None
+    self.timings: dict[str, Any] = {}
     if not control.overwrite and os.path.exists(results_path):
       with open(results_path) as f:
         self.finished = json.load(f)
+      if os.path.exists(self.path(TIMINGS)):
+        with open(self.path(TIMINGS)) as f:
+          self.timings = json.load(f)
       return
     if self.writer:
       if control.overwrite:
@@ -103,13 +107,14 @@ class Run:
     """Where the fit of unit `unit` (= `len(records)`) saves and resumes."""
     return checkpoint.FitSlot(self.checkpoints, self._meta(unit=unit))
 
-  def unit_done(self, record: Any, seconds: Optional[float] = None,
+  def unit_done(self, record: Any, seconds: Optional[Any] = None,
                 counts_as_chunk: bool = False) -> Any:
     """Records a finished unit of work (as JSON) and checkpoints the records.
 
     Args:
       record: the unit's results (JSON-able).
-      seconds: its wall time, kept for `timings.json`.
+      seconds: its wall time (or a dict of timing-dependent numbers), kept
+        for `timings.json` under the unit's index.
       counts_as_chunk: the unit had no chunks of its own: count it toward
         `stop_after_chunks`.
 
@@ -118,8 +123,10 @@ class Run:
     """
     record = as_json(record)
     self.records.append(record)
+    if isinstance(seconds, (int, float)):
+      seconds = round(float(seconds), 3)
     if seconds is not None:
-      self.timings[str(len(self.records) - 1)] = round(float(seconds), 3)
+      self.timings[str(len(self.records) - 1)] = as_json(seconds)
     if counts_as_chunk:
       self.checkpoints.chunk_done(self._meta(), save=True)
     else:

@@ -1,0 +1,31 @@
+"""The machine's measured float32 matrix-multiply rate, the yardstick for GFLOP/s."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """The machine's float32 matrix-multiply rate: best of `repeats` n x n GEMMs.
+
+  Args:
+    n: side of the square matrices.
+    repeats: timed products (after one to compile); the fastest counts.
+
+  Returns:
+    GFLOP/s (`2 n^3` flops per product) of XLA's matrix multiply on the
+    default device.
+  """
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  mm = jax.jit(lambda x: x @ x)
+  mm(a).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    mm(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * n ** 3 / best / 1e9
