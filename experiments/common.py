@@ -110,5 +110,3 @@ def float_list(values) -> tuple[float, ...]:
   except ValueError:
     fail(f"expected numbers, got {list(values)}")
 
-
-log_environment = start   # older name, kept while other mains move over

@@ -1,30 +1,168 @@
-"""Tiny end-to-end run of the bench_fit experiment (no timing asserts)."""
+"""Tiny end-to-end runs of the bench_fit experiment (no timing asserts), and the torch peer."""
 
+import dataclasses
 import json
 
+import jax
+import numpy as np
 import pytest
 
 import jaxnorm
+from jaxnorm import checkpoint
+from jaxnorm import domain
+from jaxnorm import fit
+from jaxnorm import steps
 from jaxnorm.runs import bench_fit
+from jaxnorm.runs import torch_peer
+
+# Both tiny settings have the same sizes, so that every method's programs compile once; one
+# step per chunk, so that the loss curve holds every step's loss.
+TINY = tuple(bench_fit.Setting(name, seeds=1, target_widths=(3, 4, 2), width=8, batch_size=16,
+                               steps=3) for name in ("small", "large"))
+RATIOS = {"vs_loop", "vs_lax_map", "vs_torch", "peak_fraction"}
 
 
-def test_bench_runs_every_method_and_writes_ratios(tmp_path):
-  config = bench_fit.Config(seeds=2, target_widths=(3, 4, 2), width=8, batch_size=8, steps=4,
-                            chunk_steps=2)
-  results = bench_fit.run(config, str(tmp_path))
+def _tiny(**kw):
+  return bench_fit.Config(**{**dict(settings=TINY, chunk_steps=1, repeats=1, peak_size=64), **kw})
+
+
+def test_bench_end_to_end(tmp_path):
+  pytest.importorskip("torch")
+  # lax_map (a third compilation) is left to test_rows_ratios_and_goals and test_fit.
+  results = bench_fit.run(_tiny(methods=("vmap", "loop", "torch")), str(tmp_path))
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk == json.loads(json.dumps(results))
-  assert [r["method"] for r in on_disk["rows"]] == ["vmap", "loop", "lax_map"]
-  assert set(on_disk["ratios"]) == {"vs_loop", "vs_lax_map"}
-  assert all(r["seed_steps_per_s"] > 0 for r in on_disk["rows"])
-  assert "vmap_speedup" in bench_fit.table(results)
+  assert on_disk["devices"] == jax.device_count() and on_disk["torch_version"]
+  assert on_disk["backend"] == jax.default_backend()
+  assert on_disk["threads"]["torch_intra_op"] >= 1 and on_disk["torch_matmul_peak_gflops"] > 0
+  assert list(on_disk["settings"]) == ["small", "large"]
+  for res in on_disk["settings"].values():
+    assert [r["method"] for r in res["rows"]] == ["vmap", "loop", "torch"]
+    assert res["jaxnorm_method"] == "vmap" and res["matmul_peak_gflops"] > 0
+    assert set(res["ratios"]) == RATIOS | {"vs_torch_matched_threads"}
+    assert res["ratios"]["vs_lax_map"] is None
+    assert all(res["ratios"][k] > 0 for k in ("vs_loop", "vs_torch", "peak_fraction"))
+    assert all(r["seed_steps_per_s"] > 0 and r["gflops"] > 0 for r in res["rows"])
+  assert set(on_disk["goals"]) == {"vs_loop", "vs_torch", "peak_fraction"}
+  assert "jaxnorm_speedup" in bench_fit.table(results, "large")
 
 
-def test_flops_per_step():
-  s = bench_fit.spec(bench_fit.Config(target_widths=(8, 8, 8), width=128, batch_size=256))
-  assert bench_fit.flops_per_step(s) == 3 * 2 * 256 * (4 * 8 * 128)
+def test_without_torch_the_peer_is_skipped(tmp_path, monkeypatch):
+  monkeypatch.setattr(torch_peer, "version", lambda: None)
+  results = bench_fit.run(_tiny(methods=("vmap", "torch")), str(tmp_path))
+  for res in results["settings"].values():
+    assert [r["method"] for r in res["rows"]] == ["vmap"]
+    assert res["ratios"]["vs_torch"] is None and res["ratios"]["peak_fraction"] > 0
+  assert results["torch_version"] is None and results["goals"]["vs_torch"]["met"] is None
+  assert "torch_matmul_peak_gflops" not in results
 
 
-def test_bad_method():
-  with pytest.raises(jaxnorm.ConfigError, match="pmap"):
-    bench_fit.spec(bench_fit.Config(methods=("vmap", "pmap")))
+def test_rows_ratios_and_goals(tmp_path, monkeypatch):
+  """Every method and the chunked row, with stand-in timings (no compute)."""
+  speed = {"vmap": 2.0, "vmap_chunk": 1.0, "loop": 8.0, "lax_map": 4.0, "torch": 6.0,
+           "torch_1t": 3.0}
+  clock = [0.0]
+
+  def fake_fit(method, s, seeds, seed_chunk, threads):
+    del s, seed_chunk, threads
+    clock[0] += speed[method] * seeds
+
+  monkeypatch.setattr(bench_fit, "_fit_all", fake_fit)
+  monkeypatch.setattr(bench_fit.time, "perf_counter", lambda: clock[0])
+  monkeypatch.setattr(bench_fit.peak_lib, "matmul_peak_gflops", lambda n, repeats: 100.0)
+  monkeypatch.setattr(torch_peer, "version", lambda: "stand-in")
+  monkeypatch.setattr(torch_peer, "matmul_peak_gflops", lambda n, threads: 90.0)
+  settings = (dataclasses.replace(TINY[0], seeds=4, seed_chunk=2), TINY[1])
+  results = bench_fit.run(_tiny(settings=settings, repeats=2), str(tmp_path))
+  small, large = results["settings"]["small"], results["settings"]["large"]
+  assert [r["method"] for r in small["rows"]] == list(bench_fit.METHODS)
+  assert small["jaxnorm_method"] == "vmap_chunk" and large["jaxnorm_method"] == "vmap"
+  flops = bench_fit.flops_per_seed(bench_fit.spec(_tiny(), TINY[0]))
+  assert small["ratios"] == {"vs_loop": 8.0, "vs_lax_map": 4.0, "vs_torch": 3.0, "chunk_gain": 2.0,
+                             "vs_torch_matched_threads": 6.0,
+                             "peak_fraction": pytest.approx(flops / 1e9 / 100.0, rel=1e-3)}
+  assert large["ratios"]["vs_loop"] == 4.0 and "chunk_gain" not in large["ratios"]
+  assert all(len(r["seconds_per_round"]) == 2 for r in small["rows"])
+  assert results["goals"]["vs_loop"] == {"setting": "small", "goal": 2.0, "value": 8.0,
+                                         "met": True}
+  assert results["goals"]["peak_fraction"]["setting"] == "large"
+  assert not results["goals"]["peak_fraction"]["met"]
+  assert results["torch_matmul_peak_gflops"] == 90.0
+
+
+def test_flops():
+  s = bench_fit.spec(bench_fit.Config(), bench_fit.SMALL)
+  layer = 8 * 128
+  assert bench_fit.flops_per_step(s) == 2 * 256 * (2 * 8 * 8 + 4 * layer + 3 * layer)
+  assert bench_fit.flops_per_seed(s) == (200 * bench_fit.flops_per_step(s)
+                                         + 2 * 1024 * (4 * layer + 2 * 2 * 8 * 8))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(methods=("vmap", "pmap")), "pmap"),
+    (dict(methods=()), "at least one method"),
+    (dict(repeats=0), "repeats"),
+    (dict(norm="layernorm"), "torch peer needs norm=affine"),
+    (dict(settings=(bench_fit.SMALL, bench_fit.SMALL)), "names must differ"),
+    (dict(settings=(bench_fit.Setting("x", 0, (2, 2), 4, 4, 4),)), "x seeds"),
+])
+def test_bad_config(kw, match):
+  with pytest.raises(jaxnorm.ConfigError, match=match):
+    bench_fit.check_config(bench_fit.Config(**kw))
+
+
+def test_torch_peer_does_the_same_steps_as_jaxnorm():
+  """Same start, weights, targets and input batches: the same losses and norms, step by step."""
+  pytest.importorskip("torch")
+  spec = bench_fit.spec(_tiny(), TINY[0])
+  seeds = (0, 1)
+  # One seed at a time: the end-to-end test's one-seed programs, already compiled.
+  per_seed = [fit.fit_seeds(spec, [i]) for i in seeds]
+  params, targets, loss_curve, rel_mse = jax.tree.map(
+      lambda *a: np.concatenate(a), *[(r.params, r.targets, r.loss_curve, r.rel_mse)
+                                      for r in per_seed])
+  n_layers = len(spec.network_widths) - 1
+  arrays = {"kernels": [params[f"dense_{k}"]["kernel"] for k in range(n_layers)],
+            "scales": [np.ones_like(params[f"norm_{k}"]["scale"]) for k in range(n_layers)],
+            "biases": [np.zeros_like(params[f"norm_{k}"]["bias"]) for k in range(n_layers)],
+            "targets": targets,
+            "eval_x": np.stack([fit.heldout_inputs(spec, i) for i in seeds])}
+  peer = torch_peer.build(spec, len(seeds), threads=1, arrays=arrays)
+  data_keys = [steps.seed_keys(spec, i)[2] for i in seeds]
+  for t in range(spec.steps):   # the batches fit_seeds drew
+    x = np.stack([domain.sample_inputs(jax.random.fold_in(k, t), spec.batch_size,
+                                       spec.target_widths[0], spec.radius) for k in data_keys])
+    torch_loss = peer.step(peer.torch.tensor(x)).numpy()
+    np.testing.assert_allclose(torch_loss, loss_curve[:, t], rtol=1e-5)
+  trained = peer.norms()
+  for k in range(n_layers):
+    np.testing.assert_allclose(trained[f"norm.{k}.scale"], params[f"norm_{k}"]["scale"], atol=1e-5)
+    np.testing.assert_allclose(trained[f"norm.{k}.bias"], params[f"norm_{k}"]["bias"], atol=1e-5)
+  np.testing.assert_allclose(peer.evaluate(), rel_mse, rtol=1e-4)
+
+
+def test_torch_peer_fits():
+  pytest.importorskip("torch")
+  spec = fit.FitSpec(target_widths=(2, 2), hidden_widths=(32,), steps=60, chunk_steps=20,
+                     batch_size=64, eval_size=128, learning_rate=0.05)
+  result = torch_peer.fit(spec, 2, threads=1)
+  assert result.loss_curve.shape == (2, 3) and result.threads == 1
+  assert np.all(result.loss_curve[:, -1] < result.loss_curve[:, 0])
+  assert np.all(np.isfinite(result.rel_mse))
+
+
+def test_stopped_after_a_setting_resumes_then_reports_complete(tmp_path, monkeypatch):
+  config = _tiny(methods=("vmap",))
+  with pytest.raises(checkpoint.Preempted):
+    bench_fit.run(config, str(tmp_path), checkpoint.Control(stop_after_chunks=1))
+  first = json.loads(json.dumps(
+      checkpoint.Checkpoints(str(tmp_path / "checkpoints")).meta["records"][0]))
+  results = bench_fit.run(config, str(tmp_path))
+  assert results["settings"]["small"] == first          # measured once, not again
+  assert list(results["settings"]) == ["small", "large"]
+
+  def forbidden(*args, **kwargs):
+    raise AssertionError("re-measured")
+  monkeypatch.setattr(bench_fit, "_time_setting", forbidden)
+  again = bench_fit.run(config, str(tmp_path))
+  assert again.pop("already_complete") is True and again == results
