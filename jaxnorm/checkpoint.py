@@ -153,12 +153,19 @@ class FitSlot:
     saved = self._checkpoints.meta
     if not saved or saved.get("unit") != self._meta["unit"] or "chunks_done" not in saved:
       return None
+    shape = list(np.shape(like_curve))
+    if saved.get("curve_shape", shape) != shape:
+      raise validate.ConfigError(
+          f"the checkpoint holds {saved['curve_shape'][1]} (padded) seeds but this job pads to "
+          f"{shape[1]}: it was written on another number of devices; re-run on as many devices "
+          f"or pass --overwrite")
     state, curve = self._checkpoints.restore_state((like_state, like_curve))
     return saved["chunks_done"], state, np.array(curve)
 
   def save(self, chunks_done: int, n_chunks: int, state, curve) -> None:
     """Saves after the start phase (`chunks_done=0`); counts and maybe saves after a chunk."""
-    meta = dict(self._meta, chunks_done=chunks_done, n_chunks=n_chunks)
+    meta = dict(self._meta, chunks_done=chunks_done, n_chunks=n_chunks,
+                curve_shape=list(np.shape(curve)))
     if chunks_done == 0:
       self._checkpoints.save(meta, (state, curve))
     else:

@@ -72,3 +72,15 @@ def test_bad_control_is_a_config_error():
     checkpoint.check_control(checkpoint.Control(stop_after_chunks=0))
   with pytest.raises(jaxnorm.ConfigError, match="checkpoint_every"):
     checkpoint.check_control(checkpoint.Control(every_chunks=0))
+
+
+def test_a_checkpoint_from_another_device_count_is_refused(tmp_path):
+  with pytest.raises(checkpoint.Preempted):
+    _fit(TINY, tmp_path, stop=1)
+  ckpts = checkpoint.Checkpoints(str(tmp_path))
+  try:
+    slot = checkpoint.FitSlot(ckpts, {"unit": 0})
+    with pytest.raises(jaxnorm.ConfigError, match="another number of devices"):
+      slot.restore(None, np.zeros((2, 4)))   # 3 seeds padded to 4, as on 4 devices
+  finally:
+    ckpts.close()
