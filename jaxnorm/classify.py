@@ -316,11 +316,7 @@ def train(spec: ClassifySpec, seed_ids, split: data.Split, *, devices: Optional[
     A `ClassifyResult`.
   """
   check_spec(spec)
-  seed_ids = np.asarray(list(seed_ids))
-  if seed_ids.size == 0:
-    raise validate.ConfigError("need at least one seed, got 0")
-  if seed_ids.ndim != 1 or not np.issubdtype(seed_ids.dtype, np.integer) or (seed_ids < 0).any():
-    raise validate.ConfigError(f"seed ids must be non-negative integers, got {seed_ids.tolist()}")
+  seed_ids = validate.seed_ids(seed_ids)
   mesh = sharding.seed_mesh(devices)
   n = seed_ids.size
   start = time.perf_counter()

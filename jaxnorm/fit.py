@@ -419,11 +419,7 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
     A `FitResult`.
   """
   check_spec(spec)
-  seed_ids = np.asarray(list(seed_ids))
-  if seed_ids.size == 0:
-    raise validate.ConfigError("need at least one seed, got 0")
-  if seed_ids.ndim != 1 or not np.issubdtype(seed_ids.dtype, np.integer) or (seed_ids < 0).any():
-    raise validate.ConfigError(f"seed ids must be non-negative integers, got {seed_ids.tolist()}")
+  seed_ids = validate.seed_ids(seed_ids)
   validate.one_of("batching", batching, BATCHINGS)
   if seed_chunk is not None:
     validate.positive_int("seed_chunk", seed_chunk)

@@ -1,14 +1,9 @@
-"""Small pytree utilities shared by the fitting and training loops."""
+"""Pytree comparison shared by the fitting and training loops (`bit_identical`)."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
-
-
-def to_host(tree):
-  """Copies every leaf of `tree` to a numpy array on the host."""
-  return jax.tree.map(np.asarray, tree)
 
 
 def bit_identical(a, b) -> bool:

@@ -10,6 +10,8 @@ import math
 import os
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 
 class ConfigError(ValueError):
   """A bad argument, flag or combination, found before any compute."""
@@ -38,6 +40,16 @@ def positive_ints(name: str, values: Sequence[Any], min_len: int = 1) -> tuple[i
     if isinstance(v, bool) or not hasattr(v, "__index__") or int(v) < 1:
       raise ConfigError(f"{name} must be positive integers, got {v!r} in {list(values)!r}")
   return tuple(int(v) for v in values)
+
+
+def seed_ids(values: Iterable[Any]):
+  """Returns `values` as a 1-D numpy integer array of at least one non-negative seed id."""
+  ids = np.asarray(list(values))
+  if ids.size == 0:
+    raise ConfigError("need at least one seed, got 0")
+  if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
+    raise ConfigError(f"seed ids must be non-negative integers, got {ids.tolist()}")
+  return ids
 
 
 def positive_float(name: str, value: Any) -> float:
