@@ -1,9 +1,13 @@
 """jaxnorm: tune only the normalization layers of frozen (random, sparse) networks.
 
-Models (`NormMLP`, `NormConvNet`, `TargetMLP`), the freezing guarantee
-(`norm_mask`, `norm_only`, `partition`, `combine`), fitting of many seeds in
-one compiled program split over every device (`FitSpec`, `fit_seeds`,
-`seed_mesh`), checkpoints that let a fit resume (`Checkpoints`, `FitSlot`,
+The engine, `fit(model, task, seeds)`: the norms (or any selection) of any
+Flax model, linen or NNX, fitted to a `Regression` target or data set or a
+`Classification` data set, one network per seed, all seeds in one compiled
+program split over every device; methods as objects (`Optax`, `LBFGS`,
+`LevenbergMarquardt`, `Distill`) and start phases (`LinearRegime`,
+`Construct`). Models (`NormMLP`, `NormConvNet`, `TargetMLP`), the freezing
+guarantee (`norm_mask`, `norm_filter`, `norm_only`, `partition`, `combine`),
+the `fit_target` experiment's fits (`FitSpec`, `fit_seeds`, `seed_mesh`), checkpoints that let a fit resume (`Checkpoints`, `FitSlot`,
 `Control`), second-order and distillation fitting (`lm_fit`, `fit_student`,
 `linear_regime_norms`), norm-only classifiers on real data (`ClassifySpec`,
 `train_classifier`), and the exact construction (`reconstruct`,
@@ -29,13 +33,15 @@ from jaxnorm.domain import INPUT_DISTRIBUTIONS
 from jaxnorm.domain import sample_inputs
 from jaxnorm.export import frozen_weights
 from jaxnorm.export import norm_mlp_variables
-from jaxnorm.fit import ChunkReport
-from jaxnorm.fit import FitResult
-from jaxnorm.fit import FitSpec
-from jaxnorm.fit import check_spec
-from jaxnorm.fit import fit_seeds
-from jaxnorm.fit import heldout_inputs
+from jaxnorm.engine import ChunkReport
+from jaxnorm.engine import FitResult
+from jaxnorm.engine import fit
+from jaxnorm.fitspec import FitSpec
+from jaxnorm.fitspec import check_spec
+from jaxnorm.fitspec import fit_seeds
+from jaxnorm.fitspec import heldout_inputs
 from jaxnorm.freeze import combine
+from jaxnorm.freeze import norm_filter
 from jaxnorm.freeze import norm_mask
 from jaxnorm.freeze import norm_only
 from jaxnorm.freeze import partition
@@ -48,7 +54,17 @@ from jaxnorm.models import apply_target
 from jaxnorm.models import init_target
 from jaxnorm.models import sparse_he_normal
 from jaxnorm.models import target_from_params
+from jaxnorm.methods import LBFGS
+from jaxnorm.methods import Distill
+from jaxnorm.methods import LevenbergMarquardt
+from jaxnorm.methods import Optax
+from jaxnorm.methods import default_optimizer
 from jaxnorm.second_order import lm_fit
+from jaxnorm.starts import Construct
+from jaxnorm.starts import LinearRegime
+from jaxnorm.tasks import Classification
+from jaxnorm.tasks import RandomMLP
+from jaxnorm.tasks import Regression
 from jaxnorm.sharding import seed_mesh
 from jaxnorm.validate import ConfigError
 

@@ -136,7 +136,7 @@ class Checkpoints:
 
 
 class FitSlot:
-  """Where one `jaxnorm.fit_seeds` call saves and resumes (`fit.Checkpoint`).
+  """Where one `jaxnorm.fit` call saves and resumes (`engine.Checkpoint`).
 
   Args:
     checkpoints: the run's `Checkpoints`.

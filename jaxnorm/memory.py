@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 
 from jaxnorm import validate
 
@@ -67,3 +68,42 @@ def check(per_device_bytes: float, what: str) -> None:
         f"{what} needs about {human(need)} of memory ({human(per_device_bytes)} per device) but "
         f"only {human(HEADROOM * limit)} is usable ({where}); use fewer seeds or smaller widths, "
         f"batch or eval/fit sizes, or a smaller --seed_chunk")
+
+
+def tree_bytes(tree) -> int:
+  """Bytes of every array (or shape struct) in a pytree."""
+  return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree)
+             if hasattr(a, "shape") and not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key))
+
+
+def _sub_jaxprs(eqn):
+  for value in eqn.params.values():
+    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(v, jax.extend.core.ClosedJaxpr):
+        yield v.jaxpr
+      elif isinstance(v, jax.extend.core.Jaxpr):
+        yield v
+
+
+def jaxpr_bytes(jaxpr) -> int:
+  """Sum of the sizes of every value a jaxpr (and its sub-jaxprs) computes: an upper bound
+  on the working set of one call, as if nothing were fused or freed.
+
+  Args:
+    jaxpr: a `jax.extend.core.Jaxpr` (e.g. `jax.make_jaxpr(f)(...).jaxpr`).
+
+  Returns:
+    Bytes.
+  """
+  total = 0
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      aval = getattr(v, "aval", None)
+      if aval is not None and hasattr(aval, "shape") and hasattr(aval, "dtype"):
+        try:
+          total += int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
+        except TypeError:   # key types and the like
+          pass
+    for sub in _sub_jaxprs(eqn):
+      total += jaxpr_bytes(sub)
+  return total

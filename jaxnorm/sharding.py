@@ -122,10 +122,12 @@ def to_host(tree, n: Optional[int] = None):
     n: keep the first `n` entries of that axis (drops padding); `None` keeps all.
 
   Returns:
-    The same tree of numpy arrays.
+    The same tree of numpy arrays (typed PRNG keys as their `key_data`).
   """
 
   def get(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return to_host(jax.random.key_data(x), n)   # typed keys as their raw key data
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       x = multihost_utils.process_allgather(x, tiled=True)
     x = np.asarray(x)

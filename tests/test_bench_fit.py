@@ -10,8 +10,7 @@ import pytest
 import jaxnorm
 from jaxnorm import checkpoint
 from jaxnorm import domain
-from jaxnorm import fit
-from jaxnorm import steps
+from jaxnorm import fitspec
 from jaxnorm.runs import bench_fit
 from jaxnorm.runs import torch_peer
 
@@ -117,7 +116,7 @@ def test_torch_peer_does_the_same_steps_as_jaxnorm():
   spec = bench_fit.spec(_tiny(), TINY[0])
   seeds = (0, 1)
   # One seed at a time: the end-to-end test's one-seed programs, already compiled.
-  per_seed = [fit.fit_seeds(spec, [i]) for i in seeds]
+  per_seed = [fitspec.fit_seeds(spec, [i]) for i in seeds]
   params, targets, loss_curve, rel_mse = jax.tree.map(
       lambda *a: np.concatenate(a), *[(r.params, r.targets, r.loss_curve, r.rel_mse)
                                       for r in per_seed])
@@ -126,9 +125,10 @@ def test_torch_peer_does_the_same_steps_as_jaxnorm():
             "scales": [np.ones_like(params[f"norm_{k}"]["scale"]) for k in range(n_layers)],
             "biases": [np.zeros_like(params[f"norm_{k}"]["bias"]) for k in range(n_layers)],
             "targets": targets,
-            "eval_x": np.stack([fit.heldout_inputs(spec, i) for i in seeds])}
+            "eval_x": np.stack([fitspec.heldout_inputs(spec, i) for i in seeds])}
   peer = torch_peer.build(spec, len(seeds), threads=1, arrays=arrays)
-  data_keys = [steps.seed_keys(spec, i)[2] for i in seeds]
+  data_keys = [jax.random.split(jax.random.fold_in(jax.random.key(spec.seed), i), 4)[2]
+               for i in seeds]   # the data stream of seed i (`Regression.split_key`)
   for t in range(spec.steps):   # the batches fit_seeds drew
     x = np.stack([domain.sample_inputs(jax.random.fold_in(k, t), spec.batch_size,
                                        spec.target_widths[0], spec.radius) for k in data_keys])
@@ -143,7 +143,7 @@ def test_torch_peer_does_the_same_steps_as_jaxnorm():
 
 def test_torch_peer_fits():
   pytest.importorskip("torch")
-  spec = fit.FitSpec(target_widths=(2, 2), hidden_widths=(32,), steps=60, chunk_steps=20,
+  spec = fitspec.FitSpec(target_widths=(2, 2), hidden_widths=(32,), steps=60, chunk_steps=20,
                      batch_size=64, eval_size=128, learning_rate=0.05)
   result = torch_peer.fit(spec, 2, threads=1)
   assert result.loss_curve.shape == (2, 3) and result.threads == 1

@@ -8,8 +8,8 @@ import pytest
 import jaxnorm
 from jaxnorm import checkpoint
 from tests.conftest import bit_identical
-from tests.test_fit import METHODS
-from tests.test_fit import SEEDS   # the same specs: their programs are compiled once
+from tests.test_fitspec import METHODS
+from tests.test_fitspec import SEEDS   # the same specs: their programs are compiled once
 
 TINY, DISTILL = METHODS["adam"], METHODS["distill"]   # 2 chunks; 1 chunk after the start
 

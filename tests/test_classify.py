@@ -15,6 +15,8 @@ from flax import traverse_util
 import jaxnorm
 from jaxnorm import classify
 from jaxnorm import data
+from jaxnorm import engine
+from jaxnorm import selection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = classify.ClassifySpec(model="mlp", depth=1, width=16, steps=40, chunk_steps=20,
@@ -26,20 +28,19 @@ def split():
   return data.digits()
 
 
-def _trainable_paths(spec):
-  params = spec.network().init(jax.random.key(0), jnp.zeros((1, 64)))["params"]
-  flat = traverse_util.flatten_dict(classify.leaf_mask(params, spec))
-  return {p for p, v in flat.items() if v}, params
+def _trainable_paths(spec, split):
+  state = engine.init_states(spec.network(), classify.task(spec, split), [0], trainable=spec.mode)
+  return set(state.trainable)
 
 
-def test_leaf_masks_per_mode():
+def test_leaf_masks_per_mode(split):
   norms = {("norm_0", "scale"), ("norm_0", "bias"), ("norm_1", "scale"), ("norm_1", "bias")}
   out = {("dense_1", "kernel")}
   expected = {"norm": norms, "output": out, "norm_output": norms | out,
               "full": norms | out | {("dense_0", "kernel")},
               "random_subset": out | {("dense_0", "kernel")}}
   for mode, paths in expected.items():
-    got, _ = _trainable_paths(dataclasses.replace(TINY, mode=mode))
+    got = _trainable_paths(dataclasses.replace(TINY, mode=mode), split)
     assert got == paths, mode
 
 
@@ -50,10 +51,10 @@ def test_random_subset_selects_as_many_nonzero_weights_as_norm_params():
              ("dense_1", "kernel"): params["dense_1"]["kernel"]}
   n = classify.count_norm_params(params)
   assert n == 2 * (16 + 10)
-  masks = classify.random_subset_masks(jax.random.key(1), weights, n)
+  masks = selection.random_subset_masks(jax.random.key(1), weights, n)
   assert sum(int(m.sum()) for m in masks.values()) == n
   assert all(np.all(np.asarray(weights[p])[np.asarray(m)] != 0) for p, m in masks.items())
-  other = classify.random_subset_masks(jax.random.key(2), weights, n)
+  other = selection.random_subset_masks(jax.random.key(2), weights, n)
   assert any(not np.array_equal(masks[p], other[p]) for p in masks)
 
 
@@ -130,7 +131,7 @@ def test_seeds_spread_over_four_devices_match_one_device():
 
 
 class _Slot:
-  """An in-memory `fit.Checkpoint`: keeps what `save` got, returns it from `restore`."""
+  """An in-memory `engine.Checkpoint`: keeps what `save` got, returns it from `restore`."""
 
   def __init__(self, stop_after=None):
     self.saved, self.stop_after = None, stop_after

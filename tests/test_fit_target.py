@@ -54,16 +54,16 @@ def test_optimizers_all_and_per_optimizer_defaults():
   config = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(1.0,),
                              optimizers=("all",))
   specs = fit_target.specs(config)
-  assert [s.optimizer for s in specs] == list(fit_target.fit.OPTIMIZERS)
-  assert [s.steps for s in specs] == [fit_target.fit.DEFAULT_STEPS[o] for o in
-                                      fit_target.fit.OPTIMIZERS]
+  assert [s.optimizer for s in specs] == list(fit_target.fitspec.OPTIMIZERS)
+  assert [s.steps for s in specs] == [fit_target.fitspec.DEFAULT_STEPS[o] for o in
+                                      fit_target.fitspec.OPTIMIZERS]
   assert all(s.chunk_steps <= s.steps for s in specs)
 
 
 def test_unknown_optimizer_raises_before_compute(tmp_path, monkeypatch):
   def forbidden(*args, **kwargs):
     raise AssertionError("compute started before the input was validated")
-  monkeypatch.setattr(fit_target.fit, "fit_seeds", forbidden)
+  monkeypatch.setattr(fit_target.fitspec, "fit_seeds", forbidden)
   config = fit_target.Config(target_widths=(3, 4, 2), optimizers=("adam", "newton"))
   with pytest.raises(fit_target.validate.ConfigError, match="unknown optimizer 'newton'"):
     fit_target.run(config, str(tmp_path))
@@ -146,7 +146,7 @@ OUTPUT_FILES = ("results.json", "metrics.csv", "curves.csv")
 def _forbid_compute(monkeypatch):
   def forbidden(*args, **kwargs):
     raise AssertionError("recomputed")
-  monkeypatch.setattr(fit_target.fit, "fit_seeds", forbidden)
+  monkeypatch.setattr(fit_target.fitspec, "fit_seeds", forbidden)
 
 
 def test_stopped_and_resumed_run_writes_the_same_bytes(tmp_path):

@@ -112,7 +112,7 @@ def test_norm_only_moves_norms_and_nothing_else(user_setup):
     assert not np.array_equal(norm_after[path], norm_before[path]), path
   # Optimizer state exists for the norm leaves only: Adam's mu has exactly their paths.
   mu = state.inner[0].mu
-  assert set(mu) == EXPECTED_NORM_LEAVES
+  assert set(mu) == {"/".join(p) for p in EXPECTED_NORM_LEAVES}
   n_state = sum(np.size(v) for v in jax.tree.leaves(state))
   n_norm = sum(np.size(v) for v in norm_before.values())
   assert n_state == 2 * n_norm + 1  # mu, nu and the step count
@@ -150,3 +150,101 @@ def test_norm_only_with_chained_transforms_and_no_params(user_setup):
 def test_norm_mask_rejects_empty_tree():
   with pytest.raises(ValueError, match="no leaves"):
     jaxnorm.norm_mask({})
+
+
+# --- NNX -------------------------------------------------------------------------------------
+
+from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class NNXUser(nnx.Module):
+  """Every NNX norm kind inside a user model, a Linear bias beside each, names of its own."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.inp = nnx.Linear(4, 8, rngs=rngs)
+    self.bn = nnx.BatchNorm(8, rngs=rngs)
+    self.blocks = nnx.List([nnx.Linear(8, 8, rngs=rngs), nnx.GroupNorm(8, num_groups=2, rngs=rngs)])
+    self.layer_norm = nnx.LayerNorm(8, rngs=rngs)
+    self.rms = nnx.RMSNorm(8, rngs=rngs)
+    self.out = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.bn(self.inp(x)))
+    x = nnx.relu(self.blocks[1](self.blocks[0](x)))
+    return self.out(self.rms(self.layer_norm(x)))
+
+
+NNX_NORMS = {("bn", "scale"), ("bn", "bias"), ("blocks", 1, "scale"), ("blocks", 1, "bias"),
+             ("layer_norm", "scale"), ("layer_norm", "bias"), ("rms", "scale")}
+X4 = jnp.linspace(-1, 1, 20).reshape(5, 4)
+
+
+def _nnx_loss(model):
+  return jnp.mean((model(X4) - 1.0) ** 2)
+
+
+def _selected(tree):
+  return {p for p, v in nnx.to_flat_state(tree) if (v.get_value() if isinstance(v, nnx.Variable) else v) is True}
+
+
+def test_norm_mask_on_nnx_module_and_state():
+  model = NNXUser(nnx.Rngs(0))
+  assert _selected(jaxnorm.norm_mask(model)) == NNX_NORMS
+  assert _selected(jaxnorm.norm_mask(nnx.state(model, nnx.Param))) == NNX_NORMS
+  # A whole state (with the BatchNorm's statistics) gives the same parameters.
+  assert _selected(jaxnorm.norm_mask(nnx.state(model))) == NNX_NORMS
+
+
+def test_norm_filter_selects_the_same_leaves_live_and_detached():
+  model = NNXUser(nnx.Rngs(0))
+  live = {p for p, _ in nnx.to_flat_state(nnx.state(model, jaxnorm.norm_filter))}
+  assert live == NNX_NORMS
+  _, params, _ = nnx.split(model, nnx.Param, ...)   # a detached state
+  detached = {p for p, _ in nnx.to_flat_state(nnx.state(params, jaxnorm.norm_filter))}
+  assert detached == NNX_NORMS
+
+
+def _frozen_and_norms(model):
+  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  frozen = {p: np.array(v.get_value()) for p, v in flat.items() if p not in NNX_NORMS}
+  norms = {p: np.array(v.get_value()) for p, v in flat.items() if p in NNX_NORMS}
+  return frozen, norms
+
+
+@pytest.mark.parametrize("how", ["norm_filter", "norm_only"])
+def test_nnx_optimizer_trains_only_norms(how):
+  model = NNXUser(nnx.Rngs(1))
+  frozen_before, norms_before = _frozen_and_norms(model)
+  if how == "norm_filter":
+    optimizer = nnx.Optimizer(model, optax.adam(1e-1), wrt=jaxnorm.norm_filter)
+    diff = nnx.DiffState(0, jaxnorm.norm_filter)
+  else:
+    optimizer = nnx.Optimizer(model, jaxnorm.norm_only(optax.adam(1e-1)), wrt=nnx.Param)
+    diff = nnx.DiffState(0, nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss, grads = nnx.value_and_grad(_nnx_loss, argnums=diff)(model)
+    optimizer.update(model, grads)
+    return loss, grads
+
+  first, grads = step(model, optimizer)
+  if how == "norm_filter":   # no gradient is computed for a frozen leaf
+    assert {p for p, _ in nnx.to_flat_state(grads)} == NNX_NORMS
+  for _ in range(20):
+    loss, _ = step(model, optimizer)
+  assert float(loss) < float(first)
+  frozen_after, norms_after = _frozen_and_norms(model)
+  assert bit_identical(frozen_after, frozen_before)
+  assert all(not np.array_equal(norms_after[p], norms_before[p]) for p in norms_after)
+  # Optimizer state only for the norm leaves: Adam's two moments of 7 x 8 norm entries + a count.
+  sizes = [np.size(v.get_value()) for _, v in nnx.to_flat_state(nnx.state(optimizer.opt_state))
+           if np.ndim(v.get_value()) > 0 or np.issubdtype(np.asarray(v.get_value()).dtype, np.floating)]
+  assert sum(sizes) == 2 * 7 * 8, sizes
+
+
+def test_norm_filter_called_on_a_lone_variable_raises():
+  def lone():
+    return jaxnorm.norm_filter(("x", "scale"), nnx.Param(jnp.ones(3)))
+  with pytest.raises(ValueError, match="outside an NNX walk"):
+    lone()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import jaxnorm
-from jaxnorm import fit
+from jaxnorm import engine
+from jaxnorm import fitspec
 from jaxnorm import memory
 from jaxnorm import sharding
 
@@ -19,9 +20,8 @@ def test_check_refuses_with_the_estimate():
 
 
 def test_fit_seeds_refuses_before_compute(monkeypatch):
-  def forbidden(*args, **kwargs):
-    raise AssertionError("compiled before the memory check")
-  monkeypatch.setattr(fit, "_compiled_init", forbidden)
+  monkeypatch.setattr(engine._Programs, "init", property(   # pylint: disable=protected-access
+      lambda self: pytest.fail("compiled before the memory check")))
   spec = jaxnorm.FitSpec(target_widths=(64, 64, 64), hidden_widths=(200_000, 200_000),
                          batch_size=4096)
   with pytest.raises(jaxnorm.ConfigError, match="this fit needs about"):
@@ -34,11 +34,15 @@ def test_estimate_bounds_xla_memory_analysis(optimizer):
                          optimizer=optimizer, fit_size=128, eval_size=512, steps=10,
                          chunk_steps=10)
   seeds = 8
-  layout = ("vmap", sharding.seed_mesh(1), None)
+  model, task, method, _ = fitspec.problem(spec)
+  sample = task.sample()
+  programs = engine._programs(engine._Plan(  # pylint: disable=protected-access
+      model, (sample.shape, sample.dtype), task, method, "norm", spec.batch_size, spec.seed,
+      "vmap", sharding.seed_mesh(1), None))
   ids = np.arange(seeds, dtype=np.int32)
-  state = jax.eval_shape(fit._compiled_init(spec, layout, False), ids)
-  analysis = fit._compiled(spec, layout, 10).lower(state).compile().memory_analysis()
+  state = jax.eval_shape(programs.init, task.consts(), ids)
+  analysis = programs.chunk(10).lower(task.consts(), state).compile().memory_analysis()
   actual = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
             + analysis.temp_size_in_bytes)
-  estimate = fit.estimate_bytes(spec, seeds)
+  estimate = fitspec.estimate_bytes(spec, seeds)
   assert actual <= estimate <= 20 * actual, (actual, estimate)

@@ -49,6 +49,24 @@ FOUR_DEVICES = textwrap.dedent("""
     out["construct_shapes"] = [list(np.shape(g)) for g in b.gammas]
     config = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(1.0,), seeds=5,
                                steps=10, chunk_steps=5, batch_size=16, eval_size=64)
+    # A user's NNX model with BatchNorm (per-seed statistics), 5 seeds, through jaxnorm.fit.
+    from flax import nnx
+    class User(nnx.Module):
+      def __init__(self, rngs):
+        self.a, self.bn = nnx.Linear(4, 16, rngs=rngs), nnx.BatchNorm(16, rngs=rngs)
+        self.b = nnx.Linear(16, 3, rngs=rngs)
+      def __call__(self, x):
+        return self.b(nnx.relu(self.bn(self.a(x))))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    task = jaxnorm.Classification(train=(x, (x[:, 0] > 0).astype(np.int32)),
+                                  test=(x, (x[:, 0] > 0).astype(np.int32)))
+    for name, kwargs in (("user_one", dict(devices=1)), ("user_all", {})):
+      r = jaxnorm.fit(lambda rngs: User(rngs), task, 5, steps=10, chunk_steps=5, batch_size=16,
+                      **kwargs)
+      out[name] = dict(curve=r.loss_curve.tolist(), acc=r.test_acc.tolist(),
+                       per_device=list(r.seeds_per_device), frozen=bool(r.frozen_unchanged),
+                       mean=np.asarray(r.batch_stats["bn"]["mean"]).tolist())
     import sys
     out["fit_target_devices"] = fit_target.run(config, sys.argv[1] + "/one_process")["devices"]
     print("RESULT" + json.dumps(out))
@@ -103,6 +121,15 @@ def test_four_devices_match_one_device(four_devices):
   np.testing.assert_allclose(four["curve"], one["curve"], rtol=1e-5)
   np.testing.assert_allclose(four["gamma"], one["gamma"], rtol=1e-5, atol=1e-6)
   assert one["frozen"] and four["frozen"]
+
+
+def test_a_user_nnx_model_on_four_devices_matches_one(four_devices):
+  one, four = four_devices["user_one"], four_devices["user_all"]
+  assert four["per_device"] == [2, 2, 2, 2] and one["per_device"] == [5]
+  np.testing.assert_allclose(four["curve"], one["curve"], rtol=1e-5)
+  np.testing.assert_allclose(four["mean"], one["mean"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(four["acc"], one["acc"], atol=1e-6)
+  assert one["frozen"] and four["frozen"] and np.asarray(four["mean"]).shape == (5, 16)
 
 
 def test_each_device_holds_its_share_of_seeds(four_devices):

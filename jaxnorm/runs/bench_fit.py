@@ -6,7 +6,7 @@ the ball, the seed's target evaluated on them, forward and backward of the
 frozen network with only the norms differentiated, an Adam update with a
 cosine schedule), for the same number of steps:
 
-* `vmap`: `jaxnorm.fit.fit_seeds`, all seeds in one `vmap`;
+* `vmap`: `jaxnorm.fitspec.fit_seeds`, all seeds in one `vmap`;
 * `vmap_chunk`: the same with `seed_chunk` (`lax.map` over vmapped chunks of
   seeds; only for a setting whose `seed_chunk` is set);
 * `loop`: `fit_seeds` on one seed at a time;
@@ -44,7 +44,7 @@ import jax
 from absl import logging
 
 from jaxnorm import checkpoint
-from jaxnorm import fit
+from jaxnorm import fitspec
 from jaxnorm import memory
 from jaxnorm import validate
 from jaxnorm.runs import lifecycle
@@ -112,7 +112,7 @@ class Config:
   peak_size: int = 2048
 
 
-def spec(config: Config, setting: Setting) -> fit.FitSpec:
+def spec(config: Config, setting: Setting) -> fitspec.FitSpec:
   """Validates `setting` (within `config`) and returns the spec every method fits."""
   for name in ("seeds", "width", "batch_size", "steps"):
     validate.positive_int(f"{setting.name} {name}", getattr(setting, name))
@@ -120,7 +120,7 @@ def spec(config: Config, setting: Setting) -> fit.FitSpec:
     validate.positive_int(f"{setting.name} seed_chunk", setting.seed_chunk)
   widths = validate.positive_ints(f"{setting.name} target_widths", setting.target_widths,
                                   min_len=2)
-  s = fit.check_spec(fit.FitSpec(
+  s = fitspec.check_spec(fitspec.FitSpec(
       target_widths=widths, hidden_widths=(setting.width,) * (len(widths) - 1),
       norm=config.norm, steps=setting.steps,
       chunk_steps=min(config.chunk_steps, setting.steps), batch_size=setting.batch_size,
@@ -130,7 +130,7 @@ def spec(config: Config, setting: Setting) -> fit.FitSpec:
   return s
 
 
-def check_config(config: Config) -> list[fit.FitSpec]:
+def check_config(config: Config) -> list[fitspec.FitSpec]:
   """Validates every field of `config`; returns one spec per setting."""
   if not config.methods:
     raise validate.ConfigError("need at least one method")
@@ -149,7 +149,7 @@ def check_config(config: Config) -> list[fit.FitSpec]:
   return [spec(config, s) for s in config.settings]
 
 
-def flops_per_step(s: fit.FitSpec) -> float:
+def flops_per_step(s: fitspec.FitSpec) -> float:
   """Matmul flops of one training step of one seed.
 
   The target's forward pass, the network's forward pass, and the backward
@@ -169,7 +169,7 @@ def flops_per_step(s: fit.FitSpec) -> float:
   return 2.0 * s.batch_size * (target + sum(layers) + sum(layers[1:]))
 
 
-def flops_per_seed(s: fit.FitSpec) -> float:
+def flops_per_seed(s: fitspec.FitSpec) -> float:
   """Matmul flops of a whole fit of one seed: every step, plus the held-out set.
 
   The held-out inputs go through the target twice (its output variance at
@@ -192,21 +192,21 @@ def _sig(x: float, digits: int = 4) -> float:
   return float(f"{x:.{digits}g}")
 
 
-def _fit_all(method: str, s: fit.FitSpec, seeds: int, seed_chunk: Optional[int],
+def _fit_all(method: str, s: fitspec.FitSpec, seeds: int, seed_chunk: Optional[int],
              threads: int) -> None:
   if method == "vmap":
-    fit.fit_seeds(s, range(seeds), batching="vmap")
+    fitspec.fit_seeds(s, range(seeds), batching="vmap")
   elif method == "vmap_chunk":
-    fit.fit_seeds(s, range(seeds), batching="vmap", seed_chunk=seed_chunk)
+    fitspec.fit_seeds(s, range(seeds), batching="vmap", seed_chunk=seed_chunk)
   elif method == "lax_map":
-    fit.fit_seeds(s, range(seeds), batching="map")
+    fitspec.fit_seeds(s, range(seeds), batching="map")
   elif method == "torch":
     torch_peer.fit(s, seeds, threads=threads)
   elif method == "torch_1t":
     torch_peer.fit(s, seeds, threads=1)
   else:
     for seed in range(seeds):
-      fit.fit_seeds(s, [seed])
+      fitspec.fit_seeds(s, [seed])
 
 
 def _methods(config: Config, setting: Setting, torch_version: Optional[str],
@@ -226,7 +226,7 @@ def _methods(config: Config, setting: Setting, torch_version: Optional[str],
   return methods
 
 
-def _time_setting(config: Config, setting: Setting, s: fit.FitSpec, threads: int,
+def _time_setting(config: Config, setting: Setting, s: fitspec.FitSpec, threads: int,
                   torch_version: Optional[str]) -> dict[str, Any]:
   methods = _methods(config, setting, torch_version, threads)
   flops = flops_per_seed(s)
@@ -322,7 +322,7 @@ def run(config: Config, workdir: str,
     `vs_lax_map`, `vs_torch`, `peak_fraction`) and `goals`.
   """
   specs = check_config(config)
-  memory.check(max(fit.estimate_bytes(s, setting.seeds, setting.seed_chunk or None)
+  memory.check(max(fitspec.estimate_bytes(s, setting.seeds, setting.seed_chunk or None)
                    for setting, s in zip(config.settings, specs)), "bench_fit")
   run_ = lifecycle.Run(workdir, dataclasses.asdict(config), control)
   if run_.finished is not None:

@@ -31,7 +31,7 @@ from absl import logging
 
 from jaxnorm import checkpoint
 from jaxnorm import domain
-from jaxnorm import fit
+from jaxnorm import fitspec
 from jaxnorm import memory
 from jaxnorm import sharding
 from jaxnorm import validate
@@ -55,9 +55,9 @@ class Config:
       non-empty it replaces `width_multipliers`.
     seeds: independent seeds (frozen network + target) fitted per width.
     optimizers: the fitting methods to compare, each on every width and seed
-      (`jaxnorm.fit.OPTIMIZERS`, or `("all",)` for every one).
+      (`jaxnorm.fitspec.OPTIMIZERS`, or `("all",)` for every one).
     steps, chunk_steps: as in `jaxnorm.FitSpec`; `None` takes each
-      optimizer's default (`jaxnorm.fit.DEFAULT_STEPS`).
+      optimizer's default (`jaxnorm.fitspec.DEFAULT_STEPS`).
     batch_size, learning_rate, schedule, norm, radius, input_distribution,
     eval_size, seed, fit_size, restarts, student_steps: as in `jaxnorm.FitSpec`.
     sparsity: keep-probability `p` of the frozen weights (1 = dense).
@@ -108,9 +108,9 @@ def optimizers(config: Config) -> tuple[str, ...]:
   if not names:
     raise validate.ConfigError("optimizers needs at least one entry")
   if "all" in names:
-    names = fit.OPTIMIZERS
+    names = fitspec.OPTIMIZERS
   for name in names:
-    validate.one_of("optimizer", name, fit.OPTIMIZERS)
+    validate.one_of("optimizer", name, fitspec.OPTIMIZERS)
   return tuple(dict.fromkeys(names))
 
 
@@ -130,7 +130,7 @@ def hidden_widths(config: Config) -> list[tuple[int, ...]]:
   return [tuple(max(1, round(r * p)) for p in products) for r in config.width_multipliers]
 
 
-def specs(config: Config) -> list[fit.FitSpec]:
+def specs(config: Config) -> list[fitspec.FitSpec]:
   """Validates `config` and returns one `FitSpec` per (width, optimizer), before any compute.
 
   Args:
@@ -156,7 +156,7 @@ def specs(config: Config) -> list[fit.FitSpec]:
   out = []
   for hidden in hidden_widths(config):
     for name in names:
-      spec = fit.FitSpec(
+      spec = fitspec.FitSpec(
           target_widths=tuple(config.target_widths), hidden_widths=hidden, norm=config.norm,
           keep_prob=config.sparsity, steps=config.steps, optimizer=name,
           batch_size=config.batch_size, learning_rate=config.learning_rate,
@@ -166,7 +166,7 @@ def specs(config: Config) -> list[fit.FitSpec]:
       chunk = spec.chunk_steps if config.chunk_steps is None else config.chunk_steps
       if isinstance(chunk, int) and isinstance(spec.steps, int):
         chunk = min(chunk, spec.steps)
-      out.append(fit.check_spec(dataclasses.replace(spec, chunk_steps=chunk)))
+      out.append(fitspec.check_spec(dataclasses.replace(spec, chunk_steps=chunk)))
   return out
 
 
@@ -175,7 +175,7 @@ def target_params(target_widths: Sequence[int]) -> int:
   return sum(a * b + b for a, b in zip(target_widths[:-1], target_widths[1:]))
 
 
-def _row(spec: fit.FitSpec, result: fit.FitResult) -> dict[str, Any]:
+def _row(spec: fitspec.FitSpec, result: fitspec.FitResult) -> dict[str, Any]:
   d = spec.target_widths
   ratios = [m / (a * b) for m, a, b in zip(spec.hidden_widths, d[:-1], d[1:])]
   q25, med, q75 = np.percentile(result.rel_mse, [25, 50, 75])
@@ -183,7 +183,7 @@ def _row(spec: fit.FitSpec, result: fit.FitResult) -> dict[str, Any]:
       spec.hidden_widths)
   return {"optimizer": spec.optimizer, "width_ratio": min(ratios), "width": width,
           "init": spec.init, "steps": spec.steps, "trainable_params": result.trainable_params,
-          "target_params": target_params(d), "evals": result.evals,
+          "target_params": target_params(d), "evals": spec.evals,
           "rel_mse_median": float(med), "rel_mse_q25": float(q25), "rel_mse_q75": float(q75),
           "diverged": int(result.diverged.sum()), "seeds": int(result.seed_ids.size)}
 
@@ -224,7 +224,7 @@ def run(config: Config, workdir: str,
       logging.info("[%d/%d] fitting %d seeds with %s on %d device(s): frozen widths %s, norm %s, "
                    "p=%g", unit + 1, len(fit_specs), config.seeds, spec.optimizer, mesh.size,
                    list(spec.network_widths), spec.norm, spec.keep_prob)
-      result = fit.fit_seeds(spec, range(config.seeds), on_chunk=_progress,
+      result = fitspec.fit_seeds(spec, range(config.seeds), on_chunk=_progress,
                              devices=config.devices, seed_chunk=config.seed_chunk or None,
                              checkpoint=run_.fit_slot(unit))
       record = run_.unit_done(_record(spec, result), seconds=result.seconds)
@@ -250,12 +250,12 @@ def run(config: Config, workdir: str,
   return run_.finish(results)
 
 
-def _progress(c: fit.ChunkReport) -> None:
+def _progress(c: fitspec.ChunkReport) -> None:
   logging.info("  chunk %d/%d  step %d  median loss %.4g  %.3g steps/s  diverged %d",
                c.chunk + 1, c.n_chunks, c.step, c.median_loss, c.steps_per_second, c.diverged)
 
 
-def _record(spec: fit.FitSpec, result: fit.FitResult) -> dict[str, Any]:
+def _record(spec: fitspec.FitSpec, result: fitspec.FitResult) -> dict[str, Any]:
   """What `results.json`, `metrics.csv` and `curves.csv` need of one fit."""
   row = _row(spec, result)
   key = [spec.optimizer, row["width_ratio"], row["width"]]
@@ -270,7 +270,7 @@ def _record(spec: fit.FitSpec, result: fit.FitResult) -> dict[str, Any]:
 
 def estimate_bytes(config: Config, devices: int) -> int:
   """Peak device memory of the largest fit the config asks for, per device (an estimate)."""
-  return max(fit.estimate_bytes(spec, -(-config.seeds // devices), config.seed_chunk or None)
+  return max(fitspec.estimate_bytes(spec, -(-config.seeds // devices), config.seed_chunk or None)
              for spec in specs(config))
 
 

@@ -40,7 +40,7 @@ from absl import logging
 
 from jaxnorm import checkpoint
 from jaxnorm import construct
-from jaxnorm import fit
+from jaxnorm import fitspec
 from jaxnorm import memory
 from jaxnorm import sharding
 from jaxnorm import validate
@@ -183,7 +183,7 @@ def estimate_bytes(config: Config, devices: int) -> int:
   for case in cases(config):
     if config.study == "gap" and case["method"] != "construction":
       spec = reconstruct_rows.gap_spec(config, case["ratio"], case["method"])
-      need.append(fit.estimate_bytes(spec, -(-config.seeds // devices)))
+      need.append(fitspec.estimate_bytes(spec, -(-config.seeds // devices)))
       continue
     if config.study == "gap":   # construct's "auto" solver picks lstsq for small systems
       d = config.dims[0]

@@ -22,11 +22,11 @@ from absl import logging
 from jaxnorm import construct
 from jaxnorm import domain
 from jaxnorm import export
-from jaxnorm import fit
+from jaxnorm import engine
+from jaxnorm import fitspec
 from jaxnorm import freeze
 from jaxnorm import jit
 from jaxnorm import models
-from jaxnorm import steps
 
 SUCCESS_TOL = 1e-6     # dense, sparse: float64 relative error of the network
 SCALE_RESIDUAL = 1e-4  # scale: relative residual of the float32 block system
@@ -42,11 +42,11 @@ def sparse_max_width(d: int, p: float) -> int:
   return int(math.ceil(4 * coverage_estimate(d, d, p)))
 
 
-def gap_spec(config, ratio: float, init: str = "standard") -> fit.FitSpec:
+def gap_spec(config, ratio: float, init: str = "standard") -> fitspec.FitSpec:
   """The gap study's fit (target d,d,d) at this width ratio, from `init` (validated)."""
   d = config.dims[0]
   m = max(1, round(ratio * d * d))
-  return fit.check_spec(fit.FitSpec(
+  return fitspec.check_spec(fitspec.FitSpec(
       target_widths=(d, d, d), hidden_widths=(m, m), steps=config.steps,
       learning_rate=config.learning_rate, radius=config.radius, seed=config.seed, init=init))
 
@@ -222,20 +222,20 @@ def scale(config, case: dict[str, Any], peak: float) -> tuple[dict[str, Any], di
   return row, timing
 
 
-def gap_fit(config, case: dict[str, Any], slot: fit.Checkpoint
+def gap_fit(config, case: dict[str, Any], slot: fitspec.Checkpoint
             ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Gap study, `case = {"ratio", "method": "standard" | "construct"}`: Adam from that init.
 
   Args:
     config: the resolved `reconstruct.Config` (its `devices` spread the seeds).
     case: the unit of work.
-    slot: where the fit checkpoints (`fit.Checkpoint`).
+    slot: where the fit checkpoints (`fitspec.Checkpoint`).
 
   Returns:
     `(row, timing)`.
   """
   spec = gap_spec(config, case["ratio"], case["method"])
-  result = fit.fit_seeds(spec, range(config.seeds), devices=config.devices, checkpoint=slot)
+  result = fitspec.fit_seeds(spec, range(config.seeds), devices=config.devices, checkpoint=slot)
   row = _row("gap", spec.target_widths[0], 1.0, spec.hidden_widths[0], case["ratio"],
              result.rel_mse, "adam", method=f"adam from {spec.init} init",
              rel_mse=float(np.median(result.rel_mse)))
@@ -257,15 +257,15 @@ def gap_construction(config, case: dict[str, Any]) -> tuple[dict[str, Any], dict
     `(row, timing)`.
   """
   spec = gap_spec(config, case["ratio"])
-  init = jit.one_shot_jit(jax.vmap(lambda s: steps.init_seed(spec, s, None)))
-  state = init(jnp.arange(config.seeds))
+  model, task, method, _ = fitspec.problem(spec)
+  state = engine.init_states(model, task, range(config.seeds), optimizer=method, seed=spec.seed)
   params = freeze.combine(state.trainable, state.frozen)
   start, mses = time.perf_counter(), []
   for s in range(config.seeds):
-    target = [(w[s], b[s]) for w, b in state.target]
+    target = [(w[s], b[s]) for w, b in state.task["target"]]
     rec = construct.reconstruct(target, export.frozen_weights(jax.tree.map(lambda a: a[s], params)),
                                 radius=config.radius, allow_inexact=True)
-    x = state.eval_x[s]
+    x = state.task["eval_x"][s]
     want = models.apply_target(target, x)
     mses.append(float(jnp.mean((rec.apply(x) - want) ** 2) / jnp.var(want, axis=0).mean()))
   row = _row("gap", spec.target_widths[0], 1.0, spec.hidden_widths[0], case["ratio"], mses,

@@ -1,6 +1,6 @@
 """A PyTorch peer of jaxnorm's Adam fit, written the way a PyTorch user would.
 
-The same work per step as `jaxnorm.steps` with `optimizer="adam"` and
+The same work per step as `jaxnorm.fit_seeds` with `optimizer="adam"` and
 `norm="affine"`, for S seeds at once:
 
 * fresh inputs drawn uniformly in the ball of `spec.radius` for every seed,
@@ -203,7 +203,7 @@ def build(spec, num_seeds: int, *, seed: int = 0, threads: Optional[int] = None,
   """Draws (or takes) S seeds' networks and targets and returns the `Peer`.
 
   Args:
-    spec: a `jaxnorm.fit.FitSpec` with `optimizer="adam"`, `norm="affine"`,
+    spec: a `jaxnorm.FitSpec` with `optimizer="adam"`, `norm="affine"`,
       `keep_prob=1`, `input_distribution="ball"`.
     num_seeds: S.
     seed: torch RNG seed for weights and data.

@@ -1,4 +1,4 @@
-"""Tests for jaxnorm.fit: many seeds in one program, frozen leaves untouched."""
+"""Tests for jaxnorm.fitspec: `fit_seeds` on a `FitSpec` — many seeds in one program, frozen leaves untouched."""
 
 import dataclasses
 import functools
@@ -10,9 +10,9 @@ import pytest
 from flax import traverse_util
 
 import jaxnorm
-from jaxnorm import fit
+from jaxnorm import engine
+from jaxnorm import fitspec
 from jaxnorm import sharding
-from jaxnorm import steps
 from tests.conftest import bit_identical
 
 TINY = jaxnorm.FitSpec(target_widths=(3, 4, 2), hidden_widths=(12, 8), steps=40, chunk_steps=20,
@@ -27,11 +27,24 @@ METHODS = {
                                    fit_size=64, restarts=4, student_steps=20),
 }
 SEEDS = [0, 1, 2]
-LAYOUT = ("vmap", sharding.seed_mesh(1), None)   # one device, one vmap
+
+
+def _programs(spec):
+  """The engine's programs for `spec` (the ones `fit_seeds` uses on one device)."""
+  model, task, method, _ = fitspec.problem(spec)
+  sample = task.sample()
+  return engine._programs(engine._Plan(  # pylint: disable=protected-access
+      model, (sample.shape, sample.dtype), task, method, "norm", spec.batch_size, spec.seed,
+      "vmap", sharding.seed_mesh(1), None)), task
+
+
+def _initial_state(spec, seed_ids, start=None):
+  model, task, method, _ = fitspec.problem(spec)
+  return engine.init_states(model, task, seed_ids, optimizer=method, seed=spec.seed, start=start)
 
 
 def _initial_params(spec, seed_ids):
-  state = fit._compiled_init(spec, LAYOUT, False)(np.asarray(seed_ids, np.int32))
+  state = _initial_state(spec, seed_ids)
   return jax.tree.map(np.asarray, jaxnorm.combine(state.trainable, state.frozen))
 
 
@@ -61,7 +74,7 @@ def test_frozen_leaves_bit_identical_after_fit(norm, p):
 
 
 def test_optimizer_state_only_for_norm_leaves():
-  state = fit._compiled_init(TINY, LAYOUT, False)(np.asarray([0], np.int32))
+  state = _initial_state(TINY, [0])
   mu = state.opt_state[0].mu
   assert set(mu) == {(f"norm_{k}", n) for k in range(4) for n in ("scale", "bias")}
   assert all(p[0].startswith("dense_") for p in state.frozen)
@@ -126,8 +139,9 @@ def _method_fit(name):
 def _initial_loss(name):
   """Held-out relative MSE of the standard starting norms (scale 1, shift 0)."""
   spec = dataclasses.replace(METHODS[name], init="standard")
-  state = fit._compiled_init(spec, LAYOUT, False)(np.asarray(SEEDS, np.int32))
-  return np.asarray(fit._compiled_eval(spec, LAYOUT)(state))
+  programs, task = _programs(spec)
+  state = programs.init(task.consts(), np.asarray(SEEDS, np.int32))
+  return np.asarray(programs.eval(task.consts(), state)["rel_mse"])
 
 
 @pytest.mark.parametrize("name", ["lbfgs", "lm", "distill"])
@@ -138,7 +152,7 @@ def test_each_method_lowers_the_loss_and_keeps_frozen_leaves(name):
   assert result.frozen_unchanged
   assert bit_identical(_norm_split(result.params)[1], _norm_split(before)[1])
   assert not result.diverged.any()
-  assert result.evals == spec.fit_size
+  assert spec.evals == spec.fit_size
   assert np.isfinite(result.loss_curve).all() and np.isfinite(result.rel_mse).all()
   assert (result.rel_mse < 0.5 * _initial_loss(name)).all(), (result.rel_mse, _initial_loss(name))
   assert np.median(result.rel_mse) < 0.3 * np.median(_initial_loss(name))
@@ -151,34 +165,35 @@ def test_evals_count_target_evaluations():
 
 def test_default_steps_depend_on_the_optimizer():
   spec = jaxnorm.FitSpec(target_widths=(3, 4, 2), hidden_widths=(12, 8), optimizer="lm")
-  assert (spec.steps, spec.chunk_steps) == (fit.DEFAULT_STEPS["lm"], fit.DEFAULT_CHUNK_STEPS["lm"])
+  assert (spec.steps, spec.chunk_steps) == (fitspec.DEFAULT_STEPS["lm"],
+                                            fitspec.DEFAULT_CHUNK_STEPS["lm"])
   assert jaxnorm.FitSpec(target_widths=(3, 4, 2), hidden_widths=(12, 8)).steps == 2000
 
 
 @pytest.fixture
 def poisoned_seed_1(monkeypatch):
   """Seed 1's target outputs NaN (its held-out variance stays finite); other seeds untouched."""
-  real = steps.init_seed
+  real = engine._Programs.init_seed   # pylint: disable=protected-access
 
-  def init_seed(spec, seed_id, fixed_target):
-    state = real(spec, seed_id, fixed_target)
+  def init_seed(self, consts, seed_id):
+    state = real(self, consts, seed_id)
     bad = seed_id == 1
-    w, b = state.target[-1]
-    target = list(state.target[:-1]) + [(w, jnp.where(bad, jnp.nan, b))]
-    fit_y = None if state.fit_y is None else jnp.where(bad, jnp.nan, state.fit_y)
-    return state._replace(target=target, fit_y=fit_y)
+    task = dict(state.task)
+    w, b = task["target"][-1]
+    task["target"] = list(task["target"][:-1]) + [(w, jnp.where(bad, jnp.nan, b))]
+    if "fit_y" in task:
+      task["fit_y"] = jnp.where(bad, jnp.nan, task["fit_y"])
+    return state._replace(task=task)
 
-  fit._compiled_init.cache_clear()
-  monkeypatch.setattr(steps, "init_seed", init_seed)
+  engine._programs.cache_clear()   # pylint: disable=protected-access
+  monkeypatch.setattr(engine._Programs, "init_seed", init_seed)  # pylint: disable=protected-access
   yield
-  fit._compiled_init.cache_clear()
+  engine._programs.cache_clear()   # pylint: disable=protected-access
 
 
 def _starting_norms(spec, seed_ids):
-  state = fit._compiled_init(spec, LAYOUT, False)(np.asarray(seed_ids, np.int32))
-  if spec.init == "linear":
-    state = fit._compiled_start(spec, LAYOUT, "linear")(state)
-  return jax.tree.map(np.asarray, state.trainable)
+  start = fitspec.problem(spec)[3]
+  return jax.tree.map(np.asarray, _initial_state(spec, seed_ids, start).trainable)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -201,24 +216,28 @@ def test_a_nan_seed_is_marked_diverged_and_the_others_carry_on(poisoned_seed_1, 
 
 def test_a_seed_that_blows_up_mid_run_keeps_its_last_finite_norms(monkeypatch):
   clean = _method_fit("adam")   # TINY: 2 chunks of 20 steps
-  state = fit._compiled_init(TINY, LAYOUT, False)(np.asarray(SEEDS, np.int32))
-  marker = float(state.target_var[1])
-  state, _ = fit._compiled(TINY, LAYOUT, 20)(state)
+  programs, task = _programs(TINY)
+  state = programs.init(task.consts(), np.asarray(SEEDS, np.int32))
+  marker = float(state.task["var"][1])
+  state, _ = programs.chunk(20)(task.consts(), state)
   after_20 = jax.tree.map(np.asarray, state.trainable)
-  real = steps._step
+  real = engine._Programs.objective   # pylint: disable=protected-access
 
-  def step(spec, state):   # seed 1's 21st step produces NaN norms
-    new, loss = real(spec, state)
-    bad = (state.step == 20) & (state.target_var == marker)
-    return new._replace(trainable=jax.tree.map(lambda a: jnp.where(bad, jnp.nan, a),
-                                               new.trainable)), loss
+  def objective(self, consts, state):   # seed 1's 21st step has a NaN loss
+    obj = real(self, consts, state)
+    bad = (state.step == 20) & (state.task["var"] == marker)
 
-  fit._compiled.cache_clear()
-  monkeypatch.setattr(steps, "_step", step)
+    def batch_loss(trainable):
+      loss, model_state = obj.batch_loss(trainable)
+      return jnp.where(bad, jnp.nan, loss), model_state
+    return obj._replace(batch_loss=batch_loss)
+
+  engine._programs.cache_clear()   # pylint: disable=protected-access
+  monkeypatch.setattr(engine._Programs, "objective", objective)  # pylint: disable=protected-access
   try:
     result = jaxnorm.fit_seeds(TINY, SEEDS)
   finally:
-    fit._compiled.cache_clear()
+    engine._programs.cache_clear()   # pylint: disable=protected-access
   assert result.diverged.tolist() == [False, True, False]
   assert np.isfinite(result.loss_curve[1, 0]) and np.isnan(result.loss_curve[1, 1])
   norms, _ = _norm_split(result.params)
@@ -256,10 +275,8 @@ BAD_SPECS = [
 @pytest.fixture
 def no_compute(monkeypatch):
   """Fails the test if anything gets compiled or initialised."""
-  def forbidden(*args, **kwargs):
-    raise AssertionError("compute started before the input was validated")
-  monkeypatch.setattr(fit, "_compiled_init", forbidden)
-  monkeypatch.setattr(fit, "_compiled", forbidden)
+  monkeypatch.setattr(engine._Programs, "init", property(   # pylint: disable=protected-access
+      lambda self: pytest.fail("compute started before the input was validated")))
 
 
 @pytest.mark.parametrize("change,message", BAD_SPECS)

@@ -1,0 +1,585 @@
+"""The one engine: fit the trainable leaves of any Flax model, one network per seed, all at once.
+
+`fit(model, task, seeds)` runs the same per-seed program for every seed:
+
+* `init`: the seed's key `fold_in(key(seed), s)` is split into streams (the
+  task says how: `task.split_key`); the model draws its weights from the model
+  stream, the task its held-out set / target / fixed batch, the data stream
+  feeds the training batches (`fold_in(data_key, step)`); the parameters are
+  partitioned into the trainable leaves and the frozen rest (`jaxnorm.partition`);
+* `step`: the method's step (`jaxnorm.methods`) on an `Objective` in which
+  the frozen leaves are bound, so only the trainable partition is ever
+  differentiated and only it has optimizer state; a step whose loss or new
+  parameters are non-finite is undone and the seed marked diverged (it keeps
+  its last finite parameters, the others carry on);
+* `evaluate`: the task's metrics, BatchNorm on its running averages.
+
+The seed axis is batched with `jax.vmap` (or `lax.map`, or `lax.map` over
+vmapped chunks of `seed_chunk` seeds), split over devices with
+`jax.shard_map` (`jaxnorm.sharding`), and the steps run under `lax.scan` in
+chunks of `chunk_steps`, between which progress is reported and the state can
+be checkpointed. At the end every frozen leaf is compared bit for bit with its
+value after init. Compiled programs are cached by what they depend on (model,
+task, method, sizes, devices), so refitting the same problem does not recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from jaxnorm import adapters
+from jaxnorm import freeze
+from jaxnorm import jit
+from jaxnorm import memory
+from jaxnorm import methods
+from jaxnorm import selection
+from jaxnorm import sharding
+from jaxnorm import tasks
+from jaxnorm import trees
+from jaxnorm import validate
+
+BATCHINGS = ("vmap", "map")
+
+
+class SeedState(NamedTuple):
+  """One seed's state (a leading seed axis is added when batched)."""
+  trainable: Any      # {path: leaf}, the leaves being fitted
+  frozen: Any         # {path: leaf}, everything else; passed through untouched
+  model_state: Any    # the model's other variables ({"batch_stats": ...} or {})
+  opt_state: Any      # the method's state, for `trainable` only
+  masks: Any          # element masks of `trainable` (random_subset), else None
+  step: jax.Array
+  data_key: jax.Array
+  task: Any           # the task's per-seed state (held-out set, target, fixed batch)
+  diverged: jax.Array  # bool: loss or parameters went non-finite; frozen since
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+  """Per-seed results of `fit` (numpy arrays, leading axis = seed).
+
+  Attributes:
+    seed_ids: the seed ids fitted, `[S]`.
+    loss_curve: mean training loss of each chunk, `[S, n_chunks]` (NaN once a
+      seed has diverged).
+    chunk_steps: the step count at the end of each chunk, `[n_chunks]`.
+    metrics: the task's metrics, `{name: [S]}`: `rel_mse` for `Regression`,
+      `test_acc` and `train_acc` for `Classification` (also attributes).
+    diverged: `[S]` bool.
+    params: final parameter trees (nested dicts, leading seed axis).
+    batch_stats: final other variables of the model (`batch_stats` and the
+      like; `{}` when none), leading seed axis.
+    frozen_unchanged: every frozen leaf (and every unselected entry of a
+      random-subset leaf) is bit-identical before and after.
+    trainable_params: trainable numbers per seed.
+    devices: devices the seeds were spread over.
+    seeds_per_device: seeds (padding included) held by each local device.
+    seconds: wall time, compilation included.
+    task_state: the task's per-seed state (e.g. `"target"`: each seed's
+      random target MLP), leading seed axis.
+    model: the `adapters.Model` (its `rebuild` gives a seed's variables or
+      NNX module; see `seed_model`).
+    targets: for an MLP `Regression` target, each seed's target
+      `[(W[S, out, in], b[S, out]), ...]`; else None.
+  """
+  seed_ids: np.ndarray
+  loss_curve: np.ndarray
+  chunk_steps: np.ndarray
+  metrics: dict[str, np.ndarray]
+  diverged: np.ndarray
+  params: Any
+  batch_stats: Any
+  frozen_unchanged: bool
+  trainable_params: int
+  devices: int
+  seeds_per_device: tuple[int, ...]
+  seconds: float
+  task_state: Any = None
+  model: Any = None
+  targets: Any = None
+
+  def __getattr__(self, name):
+    metrics = self.__dict__.get("metrics") or {}
+    if name in metrics:
+      return metrics[name]
+    raise AttributeError(f"FitResult has no {name!r} (metrics: {sorted(metrics)})")
+
+  def seed_model(self, i: int):
+    """Seed `i`'s fitted model: linen `variables`, or the merged NNX module.
+
+    Args:
+      i: index into `seed_ids`.
+
+    Returns:
+      For linen, `{"params": ..., **batch_stats}` to pass to `module.apply`;
+      for NNX, the module itself.
+    """
+    pick = lambda tree: jax.tree.map(lambda a: a[i], tree)
+    return self.model.rebuild(pick(self.params), pick(self.batch_stats))
+
+
+class ChunkReport(NamedTuple):
+  """Progress after one chunk, passed to the `on_chunk` callback."""
+  chunk: int
+  n_chunks: int
+  step: int
+  median_loss: float        # over the seeds that have not diverged
+  steps_per_second: float
+  diverged: int = 0         # seeds diverged so far
+
+
+class Checkpoint(Protocol):
+  """Where `fit` saves and resumes (`jaxnorm.checkpoint.FitSlot`)."""
+
+  def restore(self, like_state, like_curve: np.ndarray):
+    """The saved `(chunks_done, state, curve)`, or None; the `like_*` give shapes, shardings."""
+
+  def save(self, chunks_done: int, n_chunks: int, state, curve: np.ndarray) -> None:
+    """Called after a costly start phase (`chunks_done=0`) and after every chunk; may raise."""
+
+
+def chunk_lengths(steps: int, chunk_steps: int) -> list[int]:
+  """Steps of each compiled chunk of a fit of `steps` steps."""
+  lengths = [chunk_steps] * (steps // chunk_steps)
+  if steps % chunk_steps:
+    lengths.append(steps % chunk_steps)
+  return lengths
+
+
+def _hashable(obj):
+  try:
+    hash(obj)
+    return True
+  except TypeError:
+    return False
+
+
+def _cached(fn):
+  """`functools.lru_cache` for hashable arguments; a plain call otherwise (never a stale hit)."""
+  cached = functools.lru_cache(maxsize=64)(fn)
+
+  @functools.wraps(fn)
+  def call(*args):
+    return cached(*args) if _hashable(args) else fn(*args)
+  call.cache_clear = cached.cache_clear
+  return call
+
+
+def _model_info(model) -> dict[str, Any]:
+  """What methods and starts may need to know of the model (affine `NormMLP` layout)."""
+  from jaxnorm import models  # pylint: disable=g-import-not-at-top
+  if isinstance(model, models.NormMLP):
+    n_layers = len(model.widths) - 1
+    info = {"description": f"NormMLP(norm={model.norm!r}, {n_layers} layers)",
+            "widths": tuple(model.widths)}
+    if n_layers % 2 == 0:
+      info["norm_mlp"] = (model.norm, n_layers // 2 + 1)
+    return info
+  return {"description": type(model).__name__}
+
+
+@_cached
+def _adapter(model, sample_shape, sample_dtype):
+  return adapters.as_model(model, jax.ShapeDtypeStruct(sample_shape, sample_dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Everything the compiled programs depend on (hashable, so that they are cached)."""
+  model: Any
+  sample: tuple
+  task: Any
+  method: Any
+  trainable: Any
+  batch_size: int
+  seed: int
+  batching: str
+  mesh: Any
+  seed_chunk: Optional[int]
+
+
+class _Programs:
+  """The per-seed programs of one plan, batched over seeds, sharded, compiled."""
+
+  def __init__(self, plan: _Plan):
+    self.plan = plan
+    self.model = _adapter(plan.model, *plan.sample)
+    params_shape = self.model.abstract[0]
+    output = None
+    if plan.trainable in ("output", "norm_output"):
+      output = self._output_path()
+    self.mask = selection.trainable_mask(plan.trainable, params_shape, output)
+    self.subset = plan.trainable == "random_subset"
+    self.n_subset = selection.count_norm_entries(params_shape) if self.subset else 0
+    self._chunks = {}
+
+  def _output_path(self):
+    plan = self.plan
+    if self.model.kind == "linen":
+      sample = jnp.zeros(*plan.sample)
+      return selection.linen_output_path(plan.model, sample, adapters.takes_train(plan.model))
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    found = []   # walked inside the trace: the module as built, attributes in definition order
+
+    def build():
+      found.append(selection.nnx_output_path(plan.model(nnx.Rngs(0))))
+      return 0
+    jax.eval_shape(build)
+    return found[0]
+
+  # --- per seed -----------------------------------------------------------------------------
+
+  def init_seed(self, consts, seed_id) -> SeedState:
+    plan = self.plan
+    keys = plan.task.split_key(jax.random.fold_in(jax.random.key(plan.seed), seed_id))
+    params, model_state = self.model.init(keys["model"])
+    trainable, frozen = freeze.partition(params, self.mask)
+    masks = None
+    if self.subset:
+      masks = selection.random_subset_masks(keys["subset"], trainable, self.n_subset)
+    fixed_key = jax.random.split(keys["data"])[0]
+    task_state = plan.task.init(keys["target"], keys["eval"], fixed_key, consts,
+                                plan.method.full_batch)
+    return SeedState(trainable, frozen, model_state, plan.method.init(trainable), masks,
+                     jnp.zeros((), jnp.int32), keys["data"], task_state, jnp.zeros((), bool))
+
+  def _predict(self, state: SeedState, trainable, x):
+    return self.model.apply(freeze.combine(trainable, state.frozen), state.model_state, x,
+                            False)[0]
+
+  def objective(self, consts, state: SeedState) -> methods.Objective:
+    plan = self.plan
+    task = plan.task
+
+    def batch_loss(trainable):
+      x, y = task.batch(state.task, consts, jax.random.fold_in(state.data_key, state.step),
+                        plan.batch_size)
+      out, model_state = self.model.apply(freeze.combine(trainable, state.frozen),
+                                          state.model_state, x, True)
+      return task.loss_fn(out, y, state.task), model_state
+
+    predict = functools.partial(self._predict, state)
+    fixed_x = fixed_y = weight = None
+    if plan.method.full_batch:
+      fixed_x, fixed_y = task.fixed_batch(state.task, consts)
+      if task.residual_form():
+        weight = 1.0 / (fixed_y.size * task.loss_denominator(state.task))
+
+    def fixed_loss(trainable):
+      return task.loss_fn(predict(trainable, fixed_x), fixed_y, state.task)
+
+    return methods.Objective(batch_loss, fixed_loss, predict, fixed_x, fixed_y, weight,
+                             state.model_state)
+
+  def run_chunk(self, length: int, consts, state: SeedState):
+    """`length` guarded steps of one seed; returns (state, mean loss over the chunk)."""
+    method = self.plan.method
+
+    def step(state: SeedState, _):
+      trainable, opt_state, loss, model_state = method.step(
+          self.objective(consts, state), state.trainable, state.opt_state)
+      if state.masks is not None:
+        trainable = jax.tree.map(jnp.where, state.masks, trainable, state.trainable)
+      ok = ~state.diverged & jnp.isfinite(loss) & _all_finite(trainable)
+      keep = lambda a, b: jax.tree.map(lambda u, v: jnp.where(ok, u, v), a, b)
+      state = state._replace(trainable=keep(trainable, state.trainable),
+                             model_state=keep(model_state, state.model_state),
+                             opt_state=keep(opt_state, state.opt_state), step=state.step + 1,
+                             diverged=~ok)
+      return state, jnp.where(ok, loss, jnp.nan)
+
+    state, losses = jax.lax.scan(step, state, None, length=length)
+    return state, losses.mean()
+
+  def evaluate(self, consts, state: SeedState):
+    return self.plan.task.metrics(functools.partial(self._predict, state, state.trainable),
+                                  state.task, consts)
+
+  # --- batched, sharded, compiled -----------------------------------------------------------
+
+  def batched(self, fn: Callable) -> Callable:
+    """`fn(consts, per_seed)` mapped over the leading axis of `per_seed`, split over the mesh."""
+    plan = self.plan
+    if plan.batching == "vmap" and plan.seed_chunk is None:
+      local = jax.vmap(fn, in_axes=(None, 0))
+    else:
+      def local(consts, per_seed):
+        return jax.lax.map(lambda s: fn(consts, s), per_seed, batch_size=plan.seed_chunk)
+    return sharding.over_seeds(local, plan.mesh, fixed_args=1)
+
+  @functools.cached_property
+  def init(self):
+    return jit.one_shot_jit(self.batched(self.init_seed))
+
+  @functools.cached_property
+  def eval(self):
+    return jit.one_shot_jit(self.batched(self.evaluate))
+
+  def chunk(self, length: int):
+    if length not in self._chunks:
+      self._chunks[length] = jax.jit(
+          self.batched(functools.partial(self.run_chunk, length)), donate_argnums=1)
+    return self._chunks[length]
+
+  def map(self, fn: Callable, one_shot: bool = False) -> Callable:
+    """`fn(consts, state) -> out` for every seed, batched, sharded and compiled."""
+    batched = self.batched(fn)
+    return jit.one_shot_jit(batched) if one_shot else jax.jit(batched)
+
+
+@_cached
+def _programs(plan: _Plan) -> _Programs:
+  return _Programs(plan)
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
+
+
+class Run(NamedTuple):
+  """What a start phase or a method's `prepare` gets: the programs, consts, mesh, model info."""
+  programs: _Programs
+  consts: Any
+  mesh: Any
+  model_info: dict[str, Any]
+  task: Any
+
+  def map(self, fn: Callable, one_shot: bool = False) -> Callable:
+    """`fn(consts, state)` per seed, compiled; call the result as `f(state)`."""
+    compiled = self.programs.map(fn, one_shot)
+    return lambda state: compiled(self.consts, state)
+
+
+def _as_method(optimizer, steps: int):
+  if optimizer is None:
+    return methods.Optax(methods.default_optimizer(steps))
+  if isinstance(optimizer, optax.GradientTransformation):
+    return methods.Optax(optimizer)
+  if all(hasattr(optimizer, a) for a in ("init", "step", "full_batch")):
+    return optimizer
+  raise validate.ConfigError(
+      f"optimizer must be an optax GradientTransformation or a jaxnorm method "
+      f"(jaxnorm.methods.LBFGS(), LevenbergMarquardt(), Distill()), got {type(optimizer).__name__}")
+
+
+def _check_task(task) -> None:
+  if not isinstance(task, (tasks.Regression, tasks.Classification)):
+    raise validate.ConfigError(
+        f"task must be jaxnorm.Regression(...) or jaxnorm.Classification(...), got "
+        f"{type(task).__name__}")
+
+
+def estimate_bytes(programs: _Programs, consts, seeds: int) -> int:
+  """Estimated peak memory of fitting `seeds` seeds on one device.
+
+  Every seed's state stays resident (twice: a chunk's input and output); the
+  working set of one step — the sum of every intermediate value in the traced
+  step (and in the evaluation), which errs high because XLA fuses and frees
+  most of them — is needed by the seeds computed at once.
+
+  Args:
+    programs: the fit's programs.
+    consts: the shared arrays.
+    seeds: seeds on one device.
+
+  Returns:
+    Bytes.
+  """
+  plan = programs.plan
+  abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a),
+                                                                      jnp.result_type(a)), tree)
+  consts_a = abstract(consts)
+  state = jax.eval_shape(programs.init_seed, consts_a, jax.ShapeDtypeStruct((), jnp.int32))
+  step = jax.make_jaxpr(functools.partial(programs.run_chunk, 1))(consts_a, state)
+  evaluate = jax.make_jaxpr(programs.evaluate)(consts_a, state)
+  work = max(memory.jaxpr_bytes(step.jaxpr), memory.jaxpr_bytes(evaluate.jaxpr))
+  at_once = seeds if plan.batching == "vmap" and plan.seed_chunk is None else (
+      1 if plan.batching == "map" else min(seeds, plan.seed_chunk))
+  consts_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(consts_a))
+  return int(2 * seeds * memory.tree_bytes(state) + at_once * work + consts_bytes)
+
+
+def init_states(model, task, seeds: Sequence[int], *, trainable: selection.Trainable = "norm",
+                optimizer=None, seed: int = 0, start=None) -> SeedState:
+  """Every seed's state right after init (and `start`), on the host: what `fit` starts from.
+
+  Args:
+    model: as in `fit`.
+    task: as in `fit`.
+    seeds: seed ids.
+    trainable: as in `fit`.
+    optimizer: as in `fit` (decides whether a fixed batch is drawn).
+    seed: base seed.
+    start: optional start phase, as in `fit`.
+
+  Returns:
+    The `SeedState` with a leading seed axis (numpy arrays; keys as key data).
+  """
+  _check_task(task)
+  seed_ids = validate.seed_ids(seeds)
+  method = _as_method(optimizer, 1)
+  mesh = sharding.seed_mesh(None)
+  sample = task.sample()
+  programs = _programs(_Plan(model, (sample.shape, sample.dtype), task, method, trainable, 2,
+                             seed, "vmap", mesh, None))
+  ids = sharding.distribute(sharding.pad_seed_ids(seed_ids, mesh).astype(np.int32), mesh)
+  consts = sharding.replicate(task.consts(), mesh)
+  state = programs.init(consts, ids)
+  if start is not None:
+    state = start(Run(programs, consts, mesh, _model_info(model), task), state)
+  return sharding.to_host(state, seed_ids.size)
+
+
+def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainable = "norm",
+        optimizer=None, steps: int = 2000, chunk_steps: Optional[int] = None,
+        batch_size: int = 256, seed: int = 0, batching: str = "vmap",
+        devices: Optional[int] = None, seed_chunk: Optional[int] = None, start=None,
+        checkpoint: Optional[Checkpoint] = None,
+        on_chunk: Optional[Callable[[ChunkReport], None]] = None) -> FitResult:
+  """Fits the trainable leaves of one network per seed, all seeds in one compiled program.
+
+  Args:
+    model: a `flax.linen.Module` (seed `s` draws its weights with
+      `model.init`), or an NNX factory `lambda rngs: Model(..., rngs=rngs)`
+      (seed `s` builds it from its own `nnx.Rngs`). BatchNorm statistics are
+      kept per seed: batch statistics in training, running averages at
+      evaluation.
+    task: `jaxnorm.Regression(...)` or `jaxnorm.Classification(...)`.
+    seeds: seed ids (or a count `n` for `range(n)`); seed `s` always draws the
+      same network, data and held-out set whatever else is fitted beside it.
+    trainable: `"norm"` (default), `"output"`, `"norm_output"`,
+      `"random_subset"`, `"full"`, or a callable `params -> tree of bools`.
+    optimizer: an optax `GradientTransformation` (default: Adam, lr 1e-2 with
+      a cosine decay over `steps`) or a method of `jaxnorm.methods`
+      (`LBFGS()`, `LevenbergMarquardt()`, `Distill()`).
+    steps: optimizer steps.
+    chunk_steps: steps per compiled chunk (progress and checkpoints in
+      between); default `min(steps, 250)`.
+    batch_size: training examples per step (minibatch methods).
+    seed: base seed; seed `s` uses `fold_in(key(seed), s)`.
+    batching: `"vmap"` (one program for all seeds) or `"map"` (`lax.map`, one
+      seed at a time).
+    devices: devices to spread the seeds over (`None`/0: all).
+    seed_chunk: with `"vmap"`, `lax.map` over vmapped chunks of this many
+      seeds per device (less memory traffic).
+    start: optional start phase `start(run, state) -> state` run once before
+      the first step (`jaxnorm.starts.LinearRegime()`, `Construct()`).
+    checkpoint: optional `Checkpoint` to resume from and save into.
+    on_chunk: optional callback receiving a `ChunkReport` after every chunk.
+
+  Returns:
+    A `FitResult`.
+
+  Raises:
+    validate.ConfigError: a bad argument (found before any compute), or a fit
+      that would not fit in memory.
+  """
+  _check_task(task)
+  if isinstance(seeds, int) and not isinstance(seeds, bool):
+    seeds = range(validate.positive_int("seeds", seeds))
+  seed_ids = validate.seed_ids(seeds)
+  steps = validate.positive_int("steps", steps)
+  chunk_steps = min(steps, 250) if chunk_steps is None else validate.positive_int(
+      "chunk_steps", chunk_steps)
+  validate.positive_int("batch_size", batch_size)
+  validate.non_negative_int("seed", seed)
+  validate.one_of("batching", batching, BATCHINGS)
+  if seed_chunk is not None:
+    validate.positive_int("seed_chunk", seed_chunk)
+  if on_chunk is not None and not callable(on_chunk):
+    raise validate.ConfigError("on_chunk must be callable")
+  method = _as_method(optimizer, steps)
+  mesh = sharding.seed_mesh(devices)
+  sample = task.sample()
+  plan = _Plan(model, (sample.shape, sample.dtype), task, method, trainable, batch_size, seed,
+               batching, mesh, seed_chunk)
+  programs = _programs(plan)
+  model_info = _model_info(model)
+  method.check(task, model_info)
+  task.check(lambda shape: jax.eval_shape(
+      lambda p, s: programs.model.apply(p, s, jnp.zeros(shape, sample.dtype), False)[0],
+      *programs.model.abstract).shape)
+  if programs.model.abstract[1] and batch_size < 2 and not method.full_batch:
+    raise validate.ConfigError("a model with batch statistics needs batch_size >= 2")
+  consts = task.consts()
+  n = seed_ids.size
+  memory.check(estimate_bytes(programs, consts, sharding.padded_count(n, mesh) // mesh.size),
+               "this fit")
+
+  begin = time.perf_counter()
+  consts = sharding.replicate(consts, mesh)
+  ids = sharding.distribute(sharding.pad_seed_ids(seed_ids, mesh).astype(np.int32), mesh)
+  state = programs.init(consts, ids)
+  frozen_before = sharding.to_host(state.frozen)
+  trainable_before = sharding.to_host(state.trainable) if programs.subset else None
+  lengths = chunk_lengths(steps, chunk_steps)
+  curve = np.full((len(lengths), ids.shape[0]), np.nan, np.float32)
+  resumed = checkpoint.restore(state, curve) if checkpoint is not None else None
+  run = Run(programs, consts, mesh, model_info, task)
+  if resumed is not None:
+    done, state, curve = resumed
+    logging.info("resumed after chunk %d/%d", done, len(lengths))
+  else:
+    done = 0
+    prepared = False
+    for phase in (start, getattr(method, "prepare", None)):
+      if phase is not None:
+        state = phase(run, state)
+        prepared = True
+    if prepared:
+      state = state._replace(opt_state=run.map(
+          lambda c, s: method.init(s.trainable))(state))
+      if checkpoint is not None:
+        checkpoint.save(0, len(lengths), state, curve)
+  if programs.subset:
+    masks = sharding.to_host(state.masks)
+    trainable_params = int(sum(m[0].sum() for m in masks.values()))
+  else:
+    trainable_params = sum(int(np.prod(v.shape[1:])) for v in jax.tree.leaves(state.trainable))
+
+  for i in range(done, len(lengths)):
+    t0 = time.perf_counter()
+    state, loss = programs.chunk(lengths[i])(consts, state)
+    curve[i] = loss = sharding.to_host(loss)
+    if on_chunk is not None:
+      live = loss[:n][np.isfinite(loss[:n])]
+      on_chunk(ChunkReport(i, len(lengths), sum(lengths[:i + 1]),
+                           float(np.median(live)) if live.size else float("nan"),
+                           lengths[i] / (time.perf_counter() - t0), int(n - live.size)))
+    if checkpoint is not None:
+      checkpoint.save(i + 1, len(lengths), state, curve)
+  metrics = sharding.to_host(programs.eval(consts, state), n)
+  task_state = sharding.to_host(state.task, n)
+  unchanged = trees.bit_identical(frozen_before, sharding.to_host(state.frozen))
+  if programs.subset:
+    after = sharding.to_host(state.trainable)
+    unchanged &= all(
+        np.asarray(trainable_before[p])[~masks[p]].tobytes() == after[p][~masks[p]].tobytes()
+        for p in after)
+  return FitResult(
+      seed_ids=seed_ids, loss_curve=curve[:, :n].T, chunk_steps=np.cumsum(lengths),
+      metrics={k: np.asarray(v) for k, v in metrics.items()},
+      diverged=sharding.to_host(state.diverged, n),
+      params=sharding.to_host(freeze.combine(state.trainable, state.frozen), n),
+      batch_stats=sharding.to_host(state.model_state, n), frozen_unchanged=bool(unchanged),
+      trainable_params=trainable_params, devices=mesh.size,
+      seeds_per_device=sharding.shard_sizes(state.diverged), seconds=time.perf_counter() - begin,
+      task_state=task_state, model=programs.model, targets=_targets(task, task_state, n))
+
+
+def _targets(task, task_state, n: int):
+  if getattr(task, "kind", None) == "random_mlp":
+    return task_state["target"]
+  if getattr(task, "kind", None) == "mlp":
+    return [(np.broadcast_to(w, (n,) + w.shape), np.broadcast_to(b, (n,) + b.shape))
+            for w, b in task.layers]
+  return None

@@ -1,0 +1,323 @@
+"""`FitSpec`: the MLP-to-MLP fits of the `fit_target` experiment, as one call of `jaxnorm.fit`.
+
+A `FitSpec` names, in flat fields that map one-to-one onto experiment flags,
+a frozen `NormMLP` (widths, norm kind, sparsity), a `Regression` task (a
+random target MLP per seed, or one given target, inputs from a ball or a
+Gaussian) and a fitting method by name (`adam`, `lbfgs`, `lm`, `distill`).
+`fit_seeds(spec, seeds)` is a thin wrapper: it builds those objects
+(`problem(spec)`) and calls `jaxnorm.fit`; everything else — batching over
+seeds, sharding, chunks, checkpoints, the divergence guard, the freezing
+check — is the engine's (`jaxnorm.engine`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from jaxnorm import domain
+from jaxnorm import engine
+from jaxnorm import methods
+from jaxnorm import models
+from jaxnorm import starts
+from jaxnorm import tasks
+from jaxnorm import validate
+
+SCHEDULES = ("constant", "cosine")
+INITS = ("standard", "linear", "construct")
+OPTIMIZERS = ("adam", "lbfgs", "lm", "distill")
+BATCHINGS = engine.BATCHINGS
+FULL_BATCH = ("lbfgs", "lm", "distill")   # fit a fixed batch of `fit_size` inputs
+# distill on Gaussian inputs (no bounded domain): the shifts keep the wide units linear on
+# the fixed batch scaled by this factor, so that fresh inputs a little beyond it stay covered.
+GAUSSIAN_MARGIN = 1.5
+# Defaults of `steps` / `chunk_steps` per optimizer (a step of `lm` costs ~1000 of `adam`).
+DEFAULT_STEPS = {"adam": 2000, "lbfgs": 500, "lm": 100, "distill": 10}
+DEFAULT_CHUNK_STEPS = {"adam": 250, "lbfgs": 100, "lm": 10, "distill": 5}
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSpec:
+  """What to fit, and how (static: one compiled program per spec).
+
+  Attributes:
+    target_widths: `[d_0, ..., d_l]` of the target network.
+    hidden_widths: `[m_1, ..., m_l]`: width of the first layer of each random
+      block; the frozen network has widths `[d_0, m_1, d_1, ..., m_l, d_l]`.
+    norm: `"affine"`, `"batchnorm"` or `"layernorm"`.
+    keep_prob: keep-probability `p` of each frozen weight.
+    steps: optimizer steps (`None`: `DEFAULT_STEPS[optimizer]`); for
+      `distill`, the Levenberg–Marquardt steps on the norms after the
+      construction.
+    chunk_steps: steps per compiled `scan` chunk (progress is reported
+      between; `None`: `DEFAULT_CHUNK_STEPS[optimizer]`).
+    batch_size: fresh inputs per step (`adam`).
+    learning_rate: peak learning rate (`adam`; `lbfgs` uses its line search).
+    schedule: `"constant"` or `"cosine"` (decay to 0 over `steps`; `adam`).
+    optimizer: one of `OPTIMIZERS` (see the module docstring).
+    input_distribution: `"ball"` or `"gaussian"` (see `domain.sample_inputs`).
+    radius: radius of the input domain.
+    eval_size: held-out inputs per seed for the final relative MSE.
+    seed: base seed; seed `s` uses `fold_in(key(seed), s)`.
+    init: `"standard"` (scale 1, shift 0); `"linear"`: shifts that put every
+      unit of each block's wide layer in ReLU's linear regime, computed from
+      the frozen weights alone (`distill.linear_regime_norms`; `norm="affine"`);
+      or `"construct"`: the exact reconstruction of each seed's target
+      (`jaxnorm.reconstruct_batch`, least-squares fit where a block is narrower
+      than `d_in * d_out`) — an oracle: it reads the target's weights; needs
+      `norm="affine"` and inputs in the ball. `distill` makes its own start and
+      needs `"standard"`.
+    fit_size: inputs of the fixed batch (`lbfgs`, `lm`, `distill`): the
+      target is evaluated on them once.
+    restarts: random students tried per seed (`distill`).
+    student_steps: Levenberg–Marquardt steps on the student (`distill`).
+  """
+
+  target_widths: Sequence[int]
+  hidden_widths: Sequence[int]
+  norm: str = "affine"
+  keep_prob: float = 1.0
+  steps: Optional[int] = None
+  chunk_steps: Optional[int] = None
+  batch_size: int = 256
+  learning_rate: float = 1e-2
+  schedule: str = "cosine"
+  optimizer: str = "adam"
+  input_distribution: str = "ball"
+  radius: float = 1.0
+  eval_size: int = 4096
+  seed: int = 0
+  init: str = "standard"
+  fit_size: int = 512
+  restarts: int = 16
+  student_steps: int = 100
+
+  def __post_init__(self):
+    object.__setattr__(self, "target_widths", tuple(self.target_widths))
+    object.__setattr__(self, "hidden_widths", tuple(self.hidden_widths))
+    if self.steps is None and self.optimizer in DEFAULT_STEPS:
+      object.__setattr__(self, "steps", DEFAULT_STEPS[self.optimizer])
+    if self.chunk_steps is None and self.optimizer in DEFAULT_CHUNK_STEPS:
+      object.__setattr__(self, "chunk_steps", DEFAULT_CHUNK_STEPS[self.optimizer])
+
+  @property
+  def evals(self) -> int:
+    """Target evaluations per seed for fitting (the held-out set not counted)."""
+    return self.fit_size if self.optimizer in FULL_BATCH else self.batch_size * self.steps
+
+  @property
+  def network_widths(self) -> tuple[int, ...]:
+    """Widths `[d_0, m_1, d_1, ..., m_l, d_l]` of the frozen network."""
+    widths = [self.target_widths[0]]
+    for m, d in zip(self.hidden_widths, self.target_widths[1:]):
+      widths += [m, d]
+    return tuple(widths)
+
+  def model(self) -> models.NormMLP:
+    """The frozen network this spec fits."""
+    return models.NormMLP(self.network_widths, self.norm, self.keep_prob)
+
+
+def check_spec(spec: FitSpec) -> FitSpec:
+  """Validates every field of `spec`; raises `validate.ConfigError`.
+
+  Args:
+    spec: the spec to check.
+
+  Returns:
+    `spec`, unchanged.
+  """
+  target = validate.positive_ints("target_widths", spec.target_widths, min_len=2)
+  hidden = validate.positive_ints("hidden widths", spec.hidden_widths)
+  if len(hidden) != len(target) - 1:
+    raise validate.ConfigError(
+        f"need one hidden width per target layer: {len(target) - 1} for target widths "
+        f"{list(target)}, got {list(hidden)}")
+  validate.one_of("norm kind", spec.norm, models.NORM_KINDS)
+  validate.one_of("optimizer", spec.optimizer, OPTIMIZERS)
+  validate.probability("keep probability p", spec.keep_prob)
+  for name in ("steps", "chunk_steps", "batch_size", "eval_size", "fit_size", "restarts",
+               "student_steps"):
+    validate.positive_int(name, getattr(spec, name))
+  if spec.norm == "batchnorm" and spec.batch_size < 2:
+    raise validate.ConfigError("batchnorm needs batch_size >= 2")
+  validate.positive_float("learning_rate", spec.learning_rate)
+  validate.positive_float("radius", spec.radius)
+  validate.one_of("schedule", spec.schedule, SCHEDULES)
+  validate.one_of("input distribution", spec.input_distribution, domain.INPUT_DISTRIBUTIONS)
+  validate.one_of("init", spec.init, INITS)
+  if spec.optimizer == "distill" and (spec.norm != "affine" or spec.init != "standard"):
+    raise validate.ConfigError(
+        f"optimizer=distill constructs affine norms from its student: it needs norm=affine and "
+        f"init=standard, got norm={spec.norm}, init={spec.init}")
+  if spec.init == "linear" and spec.norm != "affine":
+    raise validate.ConfigError(f"init=linear needs norm=affine, got norm={spec.norm}")
+  if spec.init == "construct" and (spec.norm, spec.input_distribution) != ("affine", "ball"):
+    raise validate.ConfigError(
+        f"init=construct needs norm=affine and input_distribution=ball (the construction is "
+        f"exact on a ball), got norm={spec.norm}, input_distribution={spec.input_distribution}")
+  if isinstance(spec.seed, bool) or not hasattr(spec.seed, "__index__") or spec.seed < 0:
+    raise validate.ConfigError(f"seed must be a non-negative integer, got {spec.seed!r}")
+  return spec
+
+
+def estimate_bytes(spec: FitSpec, seeds: int, seed_chunk: Optional[int] = None) -> int:
+  """Estimated peak memory of fitting `seeds` seeds of `spec` on one device (float32).
+
+  Every seed's state stays resident (twice: a chunk's input and output); the
+  working set of one step (activations and their gradients, the fixed batch,
+  a Jacobian for `lm`/`distill`) is needed by the seeds computed at once — all
+  of them under `vmap`, `seed_chunk` of them under chunking. The estimate
+  errs high; tests compare it with XLA's own memory analysis.
+
+  Args:
+    spec: the fit (validated).
+    seeds: seeds on the device.
+    seed_chunk: seeds computed at once (`None`: all).
+
+  Returns:
+    Bytes.
+  """
+  widths = spec.network_widths
+  d_in, d_out = spec.target_widths[0], spec.target_widths[-1]
+  weights = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+  norms = 2 * sum(widths[1:])
+  target = sum(a * b + b for a, b in zip(spec.target_widths[:-1], spec.target_widths[1:]))
+  opt = {"adam": 2 * norms, "lbfgs": 42 * norms}.get(spec.optimizer, 4)
+  fixed = spec.fit_size * (d_in + d_out) if spec.optimizer in FULL_BATCH else 0
+  state = weights + norms * 2 + opt + target + spec.eval_size * d_in + fixed
+  rows = spec.fit_size if spec.optimizer in FULL_BATCH else spec.batch_size
+  # activations: pre- and post-norm values, masks and their gradients per unit
+  work = max(6 * rows * sum(widths), 2 * spec.eval_size * max(widths))
+  if spec.optimizer in ("lm", "distill"):
+    # the Jacobian (twice: built per example, then stacked), per-example cotangents, J^T J
+    work += rows * d_out * (2 * norms + sum(widths)) + 3 * norms ** 2
+  if spec.optimizer == "distill":
+    student = target
+    work += spec.restarts * (rows * d_out * student + 2 * student ** 2)
+  at_once = seeds if seed_chunk is None else min(seeds, seed_chunk)
+  return 4 * (2 * seeds * state + at_once * work)
+
+
+FitResult = engine.FitResult
+ChunkReport = engine.ChunkReport
+Checkpoint = engine.Checkpoint
+
+
+@functools.lru_cache(maxsize=64)
+def problem(spec: FitSpec, fixed_target: bool = False):
+  """The `(model, task, method, start)` that `spec` names (the same objects for equal specs,
+  so that the engine's compiled programs are reused).
+
+  Args:
+    spec: a validated spec.
+    fixed_target: the task's target is given by the caller (`fit_seeds(target=)`);
+      then the returned task is a function of it: call `task_for(spec, target)`.
+
+  Returns:
+    `(model, task, method, start)`; `task` is None when `fixed_target`.
+  """
+  method = {
+      "adam": lambda: methods.Optax(make_optimizer(spec)),
+      "lbfgs": lambda: methods.LBFGS(memory_size=20),
+      "lm": lambda: methods.LevenbergMarquardt(),
+      "distill": lambda: methods.Distill(restarts=spec.restarts,
+                                         student_steps=spec.student_steps,
+                                         gaussian_margin=GAUSSIAN_MARGIN),
+  }[spec.optimizer]()
+  start = {"standard": None, "linear": starts.LinearRegime(),
+           "construct": starts.Construct()}[spec.init]
+  task = None if fixed_target else tasks.Regression(
+      tasks.RandomMLP(spec.target_widths), inputs=spec.input_distribution, radius=spec.radius,
+      eval_size=spec.eval_size, fit_size=spec.fit_size)
+  return spec.model(), task, method, start
+
+
+def task_for(spec: FitSpec, target) -> tasks.Regression:
+  """The `Regression` task of `spec` with a given target `[(W, b), ...]` for every seed."""
+  return tasks.Regression(
+      [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in target],
+      inputs=spec.input_distribution, radius=spec.radius, eval_size=spec.eval_size,
+      fit_size=spec.fit_size)
+
+
+def make_optimizer(spec):
+  """The optax optimizer of `spec.optimizer="adam"` (with its schedule) or `"lbfgs"`.
+
+  Args:
+    spec: a `FitSpec`.
+
+  Returns:
+    The optax transformation.
+  """
+  if spec.optimizer == "lbfgs":
+    return methods.LBFGS(memory_size=20).transformation()
+  if spec.schedule == "cosine":
+    return methods.default_optimizer(spec.steps, spec.learning_rate)
+  return optax_adam(spec.learning_rate)
+
+
+@functools.lru_cache(maxsize=16)
+def optax_adam(learning_rate: float):
+  """Adam at a constant learning rate (cached: equal specs share one transformation)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  return optax.adam(learning_rate)
+
+
+def heldout_inputs(spec: FitSpec, seed_id: int) -> jax.Array:
+  """The held-out inputs `[eval_size, d_0]` on which seed `seed_id` is evaluated.
+
+  Args:
+    spec: the fit's spec.
+    seed_id: the seed.
+
+  Returns:
+    The same points `fit_seeds` evaluates that seed's relative MSE on.
+  """
+  key = jax.random.fold_in(jax.random.key(spec.seed), seed_id)
+  return domain.sample_inputs(jax.random.split(key, 4)[3], spec.eval_size,
+                              spec.target_widths[0], spec.radius, spec.input_distribution)
+
+
+def chunk_lengths(spec: FitSpec) -> list[int]:
+  """Steps of each compiled chunk of a fit of `spec`."""
+  return engine.chunk_lengths(spec.steps, spec.chunk_steps)
+
+
+def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
+              on_chunk: Optional[Callable[[ChunkReport], None]] = None,
+              batching: str = "vmap", *, devices: Optional[int] = None,
+              seed_chunk: Optional[int] = None,
+              checkpoint: Optional[Checkpoint] = None) -> FitResult:
+  """Fits the norms of one frozen `NormMLP` per seed to its target: `jaxnorm.fit` on `spec`.
+
+  Args:
+    spec: the `FitSpec` (validated here before any compute).
+    seed_ids: integer seed ids; seed `s` always draws the same frozen network,
+      target, data and held-out set, whatever else is fitted beside it.
+    target: optional fixed target `[(W[out, in], b[out]), ...]` shared by all
+      seeds; by default each seed draws its own random target. Either way the
+      methods only evaluate it on inputs they sample.
+    on_chunk: optional callback receiving a `ChunkReport` after every chunk.
+    batching: `"vmap"` or `"map"` (see `jaxnorm.fit`).
+    devices: how many devices to spread the seeds over (`None`/0: all).
+    seed_chunk: seeds per vmapped chunk (see `jaxnorm.fit`).
+    checkpoint: optional `Checkpoint`: resume from it, and save into it.
+
+  Returns:
+    The engine's `FitResult` (`rel_mse`, and `targets`: each seed's target).
+  """
+  check_spec(spec)
+  if target is not None:
+    validate.target_layers(target, spec.target_widths)
+  model, task, method, start = problem(spec, target is not None)
+  if target is not None:
+    task = task_for(spec, target)
+  return engine.fit(model, task, seed_ids, optimizer=method, steps=spec.steps,
+                    chunk_steps=spec.chunk_steps, batch_size=spec.batch_size, seed=spec.seed,
+                    batching=batching, devices=devices, seed_chunk=seed_chunk, start=start,
+                    checkpoint=checkpoint, on_chunk=on_chunk)

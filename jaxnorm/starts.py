@@ -1,0 +1,157 @@
+"""Start phases for affine `NormMLP` fits: where the norms begin before the first step.
+
+A start is a callable `start(run, state) -> state` that `jaxnorm.fit` runs once
+on the batched state before the first step (`fit(..., start=...)`); methods
+may have one too (`methods.Distill.prepare` calls `distill` here). All three
+rely on `NormMLP`'s layout (`dense_{k}/kernel`, `norm_{k}/scale|bias`) and on a
+`Regression` task with inputs drawn from a domain:
+
+* `LinearRegime()`: shifts that put every unit of each block's wide layer in
+  ReLU's linear regime, from the frozen weights alone
+  (`jaxnorm.distill.linear_regime_norms`);
+* `Construct()`: the exact reconstruction of each seed's MLP target
+  (`jaxnorm.reconstruct_batch`; least squares where a block is narrower than
+  `d_in * d_out`). An oracle: it reads the target's weights; needs a ball;
+* `distill(method, run, state)`: fit target-shaped students to the fixed
+  batch, construct the norms from the best, mark the seeds where that failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxnorm import construct_batch
+from jaxnorm import distill as distill_lib
+from jaxnorm import sharding
+from jaxnorm import validate
+
+
+def _check_mlp(what: str, run, need_ball: bool) -> int:
+  info = run.model_info.get("norm_mlp")
+  if info is None or info[0] != "affine":
+    raise validate.ConfigError(f"{what} needs an affine NormMLP with an even number of layers; "
+                               f"got {run.model_info.get('description')}")
+  task = run.task
+  if getattr(task, "kind", None) in (None, "data", "classification"):
+    raise validate.ConfigError(f"{what} needs a Regression task with inputs from a domain")
+  if need_ball and task.inputs != "ball":
+    raise validate.ConfigError(f"{what} is exact on a ball: it needs inputs='ball', got "
+                               f"{task.inputs!r}")
+  return len(run.model_info["widths"]) - 1
+
+
+def constructed_norms(run, state, layers, data=None):
+  """Per-seed norms that realise `layers` `[(W[S, out, in], b[S, out]), ...]` (batched `cg`).
+
+  Args:
+    run: the fit's `engine.Run`.
+    state: the batched state (its frozen kernels are used).
+    layers: one MLP per seed, in math layout with a leading seed axis.
+    data: optional points `[S, n, d_0]` on which to be exact instead of the
+      task's ball.
+
+  Returns:
+    The trainable dict `{(f"norm_{k}", "scale" | "bias"): [S, width]}`.
+  """
+  n_layers = len(run.model_info["widths"]) - 1
+  frozen = [jnp.swapaxes(state.frozen[(f"dense_{k}", "kernel")], 1, 2) for k in range(n_layers)]
+  domain_arg = {"radius": run.task.radius} if data is None else {"data": data}
+  rec = construct_batch.reconstruct_batch(layers, frozen, allow_inexact=True, mesh=run.mesh,
+                                          **domain_arg)
+  trainable = {}
+  for k in range(n_layers):
+    trainable[(f"norm_{k}", "scale")] = rec.gammas[k]
+    trainable[(f"norm_{k}", "bias")] = rec.betas[k]
+  if set(trainable) != set(state.trainable):
+    raise validate.ConfigError("the constructed norms do not match the model's trainable leaves "
+                               "(train the norms only: trainable='norm')")
+  return trainable
+
+
+def _seed_targets(run, state):
+  """Each seed's target MLP with a leading seed axis."""
+  if run.task.kind == "random_mlp":
+    return state.task["target"]
+  seeds = state.step.shape[0]
+  return [(jnp.broadcast_to(w, (seeds,) + w.shape), jnp.broadcast_to(b, (seeds,) + b.shape))
+          for w, b in run.consts]
+
+
+@dataclasses.dataclass(frozen=True)
+class Construct:
+  """Start from the exact construction of each seed's MLP target (an oracle)."""
+
+  def __call__(self, run, state):
+    _check_mlp("start=Construct()", run, need_ball=True)
+    if run.task.target_widths is None:
+      raise validate.ConfigError("start=Construct() reads the target's weights: it needs an MLP "
+                                 "target ([(W, b), ...] or RandomMLP)")
+    return state._replace(trainable=constructed_norms(run, state, _seed_targets(run, state)))
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearRegime:
+  """Start with every wide unit in ReLU's linear regime (no target evaluation)."""
+
+  def __call__(self, run, state):
+    _check_mlp("start=LinearRegime()", run, need_ball=False)
+    task = run.task
+
+    def start(consts, s):
+      del consts
+      x = s.task.get("fit_x")
+      if x is None:   # the radii come from the network's own activations on a sample
+        x = task.draw(jax.random.split(s.data_key)[0], task.fit_size)
+      radius = task.radius if task.inputs == "ball" else None
+      return s._replace(
+          trainable=distill_lib.linear_regime_norms(s.trainable, s.frozen, x, radius))
+
+    return run.map(start)(state)
+
+
+def distill(method, run, state):
+  """`methods.Distill`'s start: students, then norms constructed from the best of each seed.
+
+  The construction holds on the task's ball (`"ball"` inputs), or on the fixed
+  batch scaled by `method.gaussian_margin` (Gaussian inputs). A seed whose
+  student or construction is non-finite keeps its norms and is marked diverged.
+
+  Args:
+    method: the `Distill` method (restarts, student steps).
+    run: the fit's `engine.Run`.
+    state: the batched state after init.
+
+  Returns:
+    The state with constructed norms.
+  """
+  _check_mlp("Distill", run, need_ball=False)
+  widths = run.task.target_widths
+
+  def students(consts, s):
+    del consts
+    weight = 1.0 / (s.task["fit_y"].size * run.task.loss_denominator(s.task))
+    return distill_lib.fit_student(jax.random.split(s.data_key)[1], widths, s.task["fit_x"],
+                                   s.task["fit_y"], weight, method.restarts, method.student_steps)
+
+  t0 = time.perf_counter()
+  layers, loss = run.map(students)(state)
+  loss = sharding.to_host(loss)
+  t1 = time.perf_counter()
+  data = None if run.task.inputs == "ball" else method.gaussian_margin * state.task["fit_x"]
+  trainable = constructed_norms(run, state, layers, data)
+  ok = np.isfinite(loss)
+  for v in sharding.to_host(trainable).values():
+    ok &= np.isfinite(v).reshape(len(ok), -1).all(axis=1)
+  logging.info("distill: students of %d seeds in %.1f s (relative MSE on the fixed batch: "
+               "median %.3g, max %.3g), norms constructed in %.1f s; %d failed", ok.size,
+               t1 - t0, np.median(loss), np.max(loss), time.perf_counter() - t1, (~ok).sum())
+  keep = sharding.distribute(ok, run.mesh)
+  trainable = {p: jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, state.trainable[p])
+               for p, v in trainable.items()}
+  return state._replace(trainable=trainable, diverged=state.diverged | ~keep)

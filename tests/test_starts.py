@@ -1,0 +1,35 @@
+"""Tests for jaxnorm.starts: where an affine NormMLP's norms begin."""
+
+import jax
+import numpy as np
+import pytest
+
+import jaxnorm
+from jaxnorm import engine
+
+TARGET = jaxnorm.Regression(jaxnorm.RandomMLP((2, 3, 2)), eval_size=256)
+NET = jaxnorm.NormMLP((2, 12, 3, 12, 2))   # m = 2 * d_in * d_out per block
+
+
+def test_construct_start_is_exact_and_linear_start_keeps_scales():
+  result = jaxnorm.fit(NET, TARGET, 2, steps=1, optimizer=jaxnorm.default_optimizer(1, 1e-9),
+                       start=jaxnorm.Construct())
+  assert (result.rel_mse < 1e-6).all(), result.rel_mse
+  plain = engine.init_states(NET, TARGET, [0, 1])
+  linear = engine.init_states(NET, TARGET, [0, 1], start=jaxnorm.LinearRegime())
+  for path, value in plain.trainable.items():
+    if path[-1] == "scale":
+      np.testing.assert_array_equal(linear.trainable[path], value)
+  assert np.all(linear.trainable[("norm_0", "bias")] > 0)   # the wide units pushed positive
+
+
+@pytest.mark.parametrize("start,model,task,message", [
+    (jaxnorm.Construct(), jaxnorm.NormMLP((2, 12, 3, 12, 2), norm="batchnorm"), TARGET, "affine"),
+    (jaxnorm.Construct(), NET, jaxnorm.Regression(jaxnorm.RandomMLP((2, 3, 2)), inputs="gaussian"),
+     "ball"),
+    (jaxnorm.LinearRegime(), NET, jaxnorm.Regression(
+        (np.ones((10, 2), np.float32), np.ones((10, 2), np.float32))), "domain"),
+])
+def test_starts_refuse_what_they_cannot_start(start, model, task, message):
+  with pytest.raises(jaxnorm.ConfigError, match=message):
+    engine.init_states(model, task, [0], start=start)
