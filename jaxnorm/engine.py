@@ -221,6 +221,7 @@ class _Programs:
     self.subset = plan.trainable == "random_subset"
     self.n_subset = selection.count_norm_entries(params_shape) if self.subset else 0
     self._chunks = {}
+    self._checked = False
 
   def _output_path(self):
     plan = self.plan
@@ -330,6 +331,36 @@ class _Programs:
           self.batched(functools.partial(self.run_chunk, length)), donate_argnums=1)
     return self._chunks[length]
 
+  @functools.cached_property
+  def footprint(self) -> tuple[int, int, int]:
+    """Bytes of one seed's state, of one step's (or evaluation's) values, of the consts.
+
+    Traced once per plan (no compilation), from shapes alone.
+    """
+    consts = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)),
+                          self.plan.task.consts())
+    state = jax.eval_shape(self.init_seed, consts, jax.ShapeDtypeStruct((), jnp.int32))
+    step = jax.make_jaxpr(functools.partial(self.run_chunk, 1))(consts, state)
+    evaluate = jax.make_jaxpr(self.evaluate)(consts, state)
+    work = max(memory.jaxpr_bytes(step.jaxpr), memory.jaxpr_bytes(evaluate.jaxpr))
+    return memory.tree_bytes(state), work, memory.tree_bytes(consts)
+
+  def check(self) -> None:
+    """Checks that method, task and model fit together; raises ConfigError (once per plan)."""
+    if not self._checked:
+      self._check()
+      self._checked = True
+
+  def _check(self) -> None:
+    plan, model = self.plan, self.model
+    plan.method.check(plan.task, _model_info(plan.model))
+    dtype = plan.sample[1]
+    plan.task.check(lambda shape: jax.eval_shape(
+        lambda p, s: model.apply(p, s, jnp.zeros(shape, dtype), False)[0],
+        *model.abstract).shape)
+    if model.abstract[1] and plan.batch_size < 2 and not plan.method.full_batch:
+      raise validate.ConfigError("a model with batch statistics needs batch_size >= 2")
+
   def map(self, fn: Callable, one_shot: bool = False) -> Callable:
     """`fn(consts, state) -> out` for every seed, batched, sharded and compiled."""
     batched = self.batched(fn)
@@ -378,7 +409,7 @@ def _check_task(task) -> None:
         f"{type(task).__name__}")
 
 
-def estimate_bytes(programs: _Programs, consts, seeds: int) -> int:
+def estimate_bytes(programs: "_Programs", seeds: int) -> int:
   """Estimated peak memory of fitting `seeds` seeds on one device.
 
   Every seed's state stays resident (twice: a chunk's input and output); the
@@ -388,24 +419,16 @@ def estimate_bytes(programs: _Programs, consts, seeds: int) -> int:
 
   Args:
     programs: the fit's programs.
-    consts: the shared arrays.
     seeds: seeds on one device.
 
   Returns:
     Bytes.
   """
   plan = programs.plan
-  abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a),
-                                                                      jnp.result_type(a)), tree)
-  consts_a = abstract(consts)
-  state = jax.eval_shape(programs.init_seed, consts_a, jax.ShapeDtypeStruct((), jnp.int32))
-  step = jax.make_jaxpr(functools.partial(programs.run_chunk, 1))(consts_a, state)
-  evaluate = jax.make_jaxpr(programs.evaluate)(consts_a, state)
-  work = max(memory.jaxpr_bytes(step.jaxpr), memory.jaxpr_bytes(evaluate.jaxpr))
+  state, work, consts = programs.footprint
   at_once = seeds if plan.batching == "vmap" and plan.seed_chunk is None else (
       1 if plan.batching == "map" else min(seeds, plan.seed_chunk))
-  consts_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(consts_a))
-  return int(2 * seeds * memory.tree_bytes(state) + at_once * work + consts_bytes)
+  return int(2 * seeds * state + at_once * work + consts)
 
 
 def init_states(model, task, seeds: Sequence[int], *, trainable: selection.Trainable = "norm",
@@ -503,17 +526,11 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   plan = _Plan(model, (sample.shape, sample.dtype), task, method, trainable, batch_size, seed,
                batching, mesh, seed_chunk)
   programs = _programs(plan)
+  programs.check()
   model_info = _model_info(model)
-  method.check(task, model_info)
-  task.check(lambda shape: jax.eval_shape(
-      lambda p, s: programs.model.apply(p, s, jnp.zeros(shape, sample.dtype), False)[0],
-      *programs.model.abstract).shape)
-  if programs.model.abstract[1] and batch_size < 2 and not method.full_batch:
-    raise validate.ConfigError("a model with batch statistics needs batch_size >= 2")
   consts = task.consts()
   n = seed_ids.size
-  memory.check(estimate_bytes(programs, consts, sharding.padded_count(n, mesh) // mesh.size),
-               "this fit")
+  memory.check(estimate_bytes(programs, sharding.padded_count(n, mesh) // mesh.size), "this fit")
 
   begin = time.perf_counter()
   consts = sharding.replicate(consts, mesh)

@@ -302,7 +302,7 @@ def test_memory_estimate_bounds_xla(linen_fit):
   state = programs.init(consts, jnp.arange(4, dtype=jnp.int32))
   analysis = programs.chunk(20).lower(consts, state).compile().memory_analysis()
   actual = analysis.argument_size_in_bytes + analysis.temp_size_in_bytes
-  estimate = engine.estimate_bytes(programs, consts, 4)
+  estimate = engine.estimate_bytes(programs, 4)
   assert actual <= estimate <= 50 * actual, (actual, estimate)
 
 
