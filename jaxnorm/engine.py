@@ -25,6 +25,8 @@ task, method, sizes, devices), so refitting the same problem does not recompile.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import functools
 import time
@@ -367,9 +369,35 @@ class _Programs:
     return jit.one_shot_jit(batched) if one_shot else jax.jit(batched)
 
 
-@_cached
-def _programs(plan: _Plan) -> _Programs:
-  return _Programs(plan)
+class _ProgramCache:
+  """Compiled programs by plan, the oldest of more than `size` dropped (unhashable plans: none)."""
+
+  def __init__(self, size: int = 64):
+    self._size = size
+    self._entries: collections.OrderedDict = collections.OrderedDict()
+
+  def __call__(self, plan: _Plan) -> _Programs:
+    if not _hashable(plan):
+      return _Programs(plan)
+    if plan in self._entries:
+      self._entries.move_to_end(plan)
+      return self._entries[plan]
+    programs = self._entries[plan] = _Programs(plan)
+    if len(self._entries) > self._size:
+      self._entries.popitem(last=False)
+    return programs
+
+  @contextlib.contextmanager
+  def isolated(self):
+    """Within it, programs start from an empty cache; the earlier ones come back after."""
+    saved, self._entries = self._entries, collections.OrderedDict()
+    try:
+      yield
+    finally:
+      self._entries = saved
+
+
+_programs = _ProgramCache()
 
 
 def _all_finite(tree) -> jax.Array:

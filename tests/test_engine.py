@@ -248,10 +248,9 @@ def poisoned_seed_1(monkeypatch):
     return state._replace(trainable={p: jnp.where(bad & (p[-1] == "scale"), jnp.nan, v)
                                      for p, v in state.trainable.items()})
 
-  engine._programs.cache_clear()   # pylint: disable=protected-access
-  monkeypatch.setattr(engine._Programs, "init_seed", init_seed)  # pylint: disable=protected-access
-  yield
-  engine._programs.cache_clear()   # pylint: disable=protected-access
+  with engine._programs.isolated():   # pylint: disable=protected-access
+    monkeypatch.setattr(engine._Programs, "init_seed", init_seed)  # pylint: disable=protected-access
+    yield
 
 
 def test_a_nan_seed_is_marked_diverged_and_the_others_carry_on(linen_fit, poisoned_seed_1):
@@ -284,10 +283,8 @@ def test_stop_and_resume_is_bit_identical(tmp_path):
                         straight.test_acc))
 
 
-def test_memory_estimate_refuses_before_compute(monkeypatch):
+def test_memory_estimate_refuses_before_compute(monkeypatch, no_compute):
   monkeypatch.setattr(memory, "available_bytes", lambda: (10 * 2**20, 1))
-  monkeypatch.setattr(engine._Programs, "init", property(   # pylint: disable=protected-access
-      lambda self: pytest.fail("compiled before the memory check")))
   with pytest.raises(jaxnorm.ConfigError, match="this fit needs about"):
     jaxnorm.fit(LinenCNN(), DIGITS, 64, **FAST)
 
@@ -356,12 +353,6 @@ BAD = [
     (lambda: jaxnorm.Classification(train=(IMAGES[0], IMAGES[1] - 1.5), test=TEST_IMAGES),
      "non-negative integers"),
 ]
-
-
-@pytest.fixture
-def no_compute(monkeypatch):
-  monkeypatch.setattr(engine._Programs, "init", property(   # pylint: disable=protected-access
-      lambda self: pytest.fail("compiled before the input was validated")))
 
 
 @pytest.mark.parametrize("call,message", BAD)

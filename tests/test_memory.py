@@ -19,9 +19,7 @@ def test_check_refuses_with_the_estimate():
     memory.check(1e15, "a huge job")
 
 
-def test_fit_seeds_refuses_before_compute(monkeypatch):
-  monkeypatch.setattr(engine._Programs, "init", property(   # pylint: disable=protected-access
-      lambda self: pytest.fail("compiled before the memory check")))
+def test_fit_seeds_refuses_before_compute(no_compute):
   spec = jaxnorm.FitSpec(target_widths=(64, 64, 64), hidden_widths=(200_000, 200_000),
                          batch_size=4096)
   with pytest.raises(jaxnorm.ConfigError, match="this fit needs about"):
