@@ -19,30 +19,25 @@ vmapped chunks of `seed_chunk` seeds), split over devices with
 `jax.shard_map` (`jaxnorm.sharding`), and the steps run under `lax.scan` in
 chunks of `chunk_steps`, between which progress is reported and the state can
 be checkpointed. At the end every frozen leaf is compared bit for bit with its
-value after init. Compiled programs are cached by what they depend on (model,
-task, method, sizes, devices), so refitting the same problem does not recompile.
+value after init. The per-seed programs and their compiled, cached forms live
+in `jaxnorm.programs`; this module drives them.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
-import functools
 import time
 from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
 
-from jaxnorm import adapters
 from jaxnorm import freeze
-from jaxnorm import jit
 from jaxnorm import memory
 from jaxnorm import methods
+from jaxnorm import programs as programs_lib
 from jaxnorm import selection
 from jaxnorm import sharding
 from jaxnorm import tasks
@@ -50,19 +45,6 @@ from jaxnorm import trees
 from jaxnorm import validate
 
 BATCHINGS = ("vmap", "map")
-
-
-class SeedState(NamedTuple):
-  """One seed's state (a leading seed axis is added when batched)."""
-  trainable: Any      # {path: leaf}, the leaves being fitted
-  frozen: Any         # {path: leaf}, everything else; passed through untouched
-  model_state: Any    # the model's other variables ({"batch_stats": ...} or {})
-  opt_state: Any      # the method's state, for `trainable` only
-  masks: Any          # element masks of `trainable` (random_subset), else None
-  step: jax.Array
-  data_key: jax.Array
-  task: Any           # the task's per-seed state (held-out set, target, fixed batch)
-  diverged: jax.Array  # bool: loss or parameters went non-finite; frozen since
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,267 +139,6 @@ def chunk_lengths(steps: int, chunk_steps: int) -> list[int]:
   return lengths
 
 
-def _hashable(obj):
-  try:
-    hash(obj)
-    return True
-  except TypeError:
-    return False
-
-
-def _cached(fn):
-  """`functools.lru_cache` for hashable arguments; a plain call otherwise (never a stale hit)."""
-  cached = functools.lru_cache(maxsize=64)(fn)
-
-  @functools.wraps(fn)
-  def call(*args):
-    return cached(*args) if _hashable(args) else fn(*args)
-  call.cache_clear = cached.cache_clear
-  return call
-
-
-def _model_info(model) -> dict[str, Any]:
-  """What methods and starts may need to know of the model (affine `NormMLP` layout)."""
-  from jaxnorm import models  # pylint: disable=g-import-not-at-top
-  if isinstance(model, models.NormMLP):
-    n_layers = len(model.widths) - 1
-    info = {"description": f"NormMLP(norm={model.norm!r}, {n_layers} layers)",
-            "widths": tuple(model.widths)}
-    if n_layers % 2 == 0:
-      info["norm_mlp"] = (model.norm, n_layers // 2 + 1)
-    return info
-  return {"description": type(model).__name__}
-
-
-@_cached
-def _adapter(model, sample_shape, sample_dtype):
-  return adapters.as_model(model, jax.ShapeDtypeStruct(sample_shape, sample_dtype))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-  """Everything the compiled programs depend on (hashable, so that they are cached)."""
-  model: Any
-  sample: tuple
-  task: Any
-  method: Any
-  trainable: Any
-  batch_size: int
-  seed: int
-  batching: str
-  mesh: Any
-  seed_chunk: Optional[int]
-
-
-class _Programs:
-  """The per-seed programs of one plan, batched over seeds, sharded, compiled."""
-
-  def __init__(self, plan: _Plan):
-    self.plan = plan
-    self.model = _adapter(plan.model, *plan.sample)
-    params_shape = self.model.abstract[0]
-    output = None
-    if plan.trainable in ("output", "norm_output"):
-      output = self._output_path()
-    self.mask = selection.trainable_mask(plan.trainable, params_shape, output)
-    self.subset = plan.trainable == "random_subset"
-    self.n_subset = selection.count_norm_entries(params_shape) if self.subset else 0
-    self._chunks = {}
-    self._checked = False
-
-  def _output_path(self):
-    plan = self.plan
-    if self.model.kind == "linen":
-      sample = jnp.zeros(*plan.sample)
-      return selection.linen_output_path(plan.model, sample, adapters.takes_train(plan.model))
-    from flax import nnx  # pylint: disable=g-import-not-at-top
-    found = []   # walked inside the trace: the module as built, attributes in definition order
-
-    def build():
-      found.append(selection.nnx_output_path(plan.model(nnx.Rngs(0))))
-      return 0
-    jax.eval_shape(build)
-    return found[0]
-
-  # --- per seed -----------------------------------------------------------------------------
-
-  def init_seed(self, consts, seed_id) -> SeedState:
-    plan = self.plan
-    keys = plan.task.split_key(jax.random.fold_in(jax.random.key(plan.seed), seed_id))
-    params, model_state = self.model.init(keys["model"])
-    trainable, frozen = freeze.partition(params, self.mask)
-    masks = None
-    if self.subset:
-      masks = selection.random_subset_masks(keys["subset"], trainable, self.n_subset)
-    fixed_key = jax.random.split(keys["data"])[0]
-    task_state = plan.task.init(keys["target"], keys["eval"], fixed_key, consts,
-                                plan.method.full_batch)
-    return SeedState(trainable, frozen, model_state, plan.method.init(trainable), masks,
-                     jnp.zeros((), jnp.int32), keys["data"], task_state, jnp.zeros((), bool))
-
-  def _predict(self, state: SeedState, trainable, x):
-    return self.model.apply(freeze.combine(trainable, state.frozen), state.model_state, x,
-                            False)[0]
-
-  def objective(self, consts, state: SeedState) -> methods.Objective:
-    plan = self.plan
-    task = plan.task
-
-    def batch_loss(trainable):
-      x, y = task.batch(state.task, consts, jax.random.fold_in(state.data_key, state.step),
-                        plan.batch_size)
-      out, model_state = self.model.apply(freeze.combine(trainable, state.frozen),
-                                          state.model_state, x, True)
-      return task.loss_fn(out, y, state.task), model_state
-
-    predict = functools.partial(self._predict, state)
-    fixed_x = fixed_y = weight = None
-    if plan.method.full_batch:
-      fixed_x, fixed_y = task.fixed_batch(state.task, consts)
-      if task.residual_form():
-        weight = 1.0 / (fixed_y.size * task.loss_denominator(state.task))
-
-    def fixed_loss(trainable):
-      return task.loss_fn(predict(trainable, fixed_x), fixed_y, state.task)
-
-    return methods.Objective(batch_loss, fixed_loss, predict, fixed_x, fixed_y, weight,
-                             state.model_state)
-
-  def run_chunk(self, length: int, consts, state: SeedState):
-    """`length` guarded steps of one seed; returns (state, mean loss over the chunk)."""
-    method = self.plan.method
-
-    def step(state: SeedState, _):
-      trainable, opt_state, loss, model_state = method.step(
-          self.objective(consts, state), state.trainable, state.opt_state)
-      if state.masks is not None:
-        trainable = jax.tree.map(jnp.where, state.masks, trainable, state.trainable)
-      ok = ~state.diverged & jnp.isfinite(loss) & _all_finite(trainable)
-      keep = lambda a, b: jax.tree.map(lambda u, v: jnp.where(ok, u, v), a, b)
-      state = state._replace(trainable=keep(trainable, state.trainable),
-                             model_state=keep(model_state, state.model_state),
-                             opt_state=keep(opt_state, state.opt_state), step=state.step + 1,
-                             diverged=~ok)
-      return state, jnp.where(ok, loss, jnp.nan)
-
-    state, losses = jax.lax.scan(step, state, None, length=length)
-    return state, losses.mean()
-
-  def evaluate(self, consts, state: SeedState):
-    return self.plan.task.metrics(functools.partial(self._predict, state, state.trainable),
-                                  state.task, consts)
-
-  # --- batched, sharded, compiled -----------------------------------------------------------
-
-  def batched(self, fn: Callable) -> Callable:
-    """`fn(consts, per_seed)` mapped over the leading axis of `per_seed`, split over the mesh."""
-    plan = self.plan
-    if plan.batching == "vmap" and plan.seed_chunk is None:
-      local = jax.vmap(fn, in_axes=(None, 0))
-    else:
-      def local(consts, per_seed):
-        return jax.lax.map(lambda s: fn(consts, s), per_seed, batch_size=plan.seed_chunk)
-    return sharding.over_seeds(local, plan.mesh, fixed_args=1)
-
-  @functools.cached_property
-  def init(self):
-    return jit.one_shot_jit(self.batched(self.init_seed))
-
-  @functools.cached_property
-  def eval(self):
-    return jit.one_shot_jit(self.batched(self.evaluate))
-
-  def chunk(self, length: int):
-    if length not in self._chunks:
-      self._chunks[length] = jax.jit(
-          self.batched(functools.partial(self.run_chunk, length)), donate_argnums=1)
-    return self._chunks[length]
-
-  @functools.cached_property
-  def footprint(self) -> tuple[int, int, int]:
-    """Bytes of one seed's state, of one step's (or evaluation's) values, of the consts.
-
-    Traced once per plan (no compilation), from shapes alone.
-    """
-    consts = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)),
-                          self.plan.task.consts())
-    state = jax.eval_shape(self.init_seed, consts, jax.ShapeDtypeStruct((), jnp.int32))
-    step = jax.make_jaxpr(functools.partial(self.run_chunk, 1))(consts, state)
-    evaluate = jax.make_jaxpr(self.evaluate)(consts, state)
-    work = max(memory.jaxpr_bytes(step.jaxpr), memory.jaxpr_bytes(evaluate.jaxpr))
-    return memory.tree_bytes(state), work, memory.tree_bytes(consts)
-
-  def check(self) -> None:
-    """Checks that method, task and model fit together; raises ConfigError (once per plan)."""
-    if not self._checked:
-      self._check()
-      self._checked = True
-
-  def _check(self) -> None:
-    plan, model = self.plan, self.model
-    plan.method.check(plan.task, _model_info(plan.model))
-    dtype = plan.sample[1]
-    plan.task.check(lambda shape: jax.eval_shape(
-        lambda p, s: model.apply(p, s, jnp.zeros(shape, dtype), False)[0],
-        *model.abstract).shape)
-    if model.abstract[1] and plan.batch_size < 2 and not plan.method.full_batch:
-      raise validate.ConfigError("a model with batch statistics needs batch_size >= 2")
-
-  def map(self, fn: Callable, one_shot: bool = False) -> Callable:
-    """`fn(consts, state) -> out` for every seed, batched, sharded and compiled."""
-    batched = self.batched(fn)
-    return jit.one_shot_jit(batched) if one_shot else jax.jit(batched)
-
-
-class _ProgramCache:
-  """Compiled programs by plan, the oldest of more than `size` dropped (unhashable plans: none)."""
-
-  def __init__(self, size: int = 64):
-    self._size = size
-    self._entries: collections.OrderedDict = collections.OrderedDict()
-
-  def __call__(self, plan: _Plan) -> _Programs:
-    if not _hashable(plan):
-      return _Programs(plan)
-    if plan in self._entries:
-      self._entries.move_to_end(plan)
-      return self._entries[plan]
-    programs = self._entries[plan] = _Programs(plan)
-    if len(self._entries) > self._size:
-      self._entries.popitem(last=False)
-    return programs
-
-  @contextlib.contextmanager
-  def isolated(self):
-    """Within it, programs start from an empty cache; the earlier ones come back after."""
-    saved, self._entries = self._entries, collections.OrderedDict()
-    try:
-      yield
-    finally:
-      self._entries = saved
-
-
-_programs = _ProgramCache()
-
-
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
-
-
-class Run(NamedTuple):
-  """What a start phase or a method's `prepare` gets: the programs, consts, mesh, model info."""
-  programs: _Programs
-  consts: Any
-  mesh: Any
-  model_info: dict[str, Any]
-  task: Any
-
-  def map(self, fn: Callable, one_shot: bool = False) -> Callable:
-    """`fn(consts, state)` per seed, compiled; call the result as `f(state)`."""
-    compiled = self.programs.map(fn, one_shot)
-    return lambda state: compiled(self.consts, state)
-
-
 def _as_method(optimizer, steps: int):
   if optimizer is None:
     return methods.Optax(methods.default_optimizer(steps))
@@ -437,7 +158,7 @@ def _check_task(task) -> None:
         f"{type(task).__name__}")
 
 
-def estimate_bytes(programs: "_Programs", seeds: int) -> int:
+def estimate_bytes(programs: "programs_lib.Programs", seeds: int) -> int:
   """Estimated peak memory of fitting `seeds` seeds on one device.
 
   Every seed's state stays resident (twice: a chunk's input and output); the
@@ -460,7 +181,7 @@ def estimate_bytes(programs: "_Programs", seeds: int) -> int:
 
 
 def init_states(model, task, seeds: Sequence[int], *, trainable: selection.Trainable = "norm",
-                optimizer=None, seed: int = 0, start=None) -> SeedState:
+                optimizer=None, seed: int = 0, start=None) -> programs_lib.SeedState:
   """Every seed's state right after init (and `start`), on the host: what `fit` starts from.
 
   Args:
@@ -473,20 +194,21 @@ def init_states(model, task, seeds: Sequence[int], *, trainable: selection.Train
     start: optional start phase, as in `fit`.
 
   Returns:
-    The `SeedState` with a leading seed axis (numpy arrays; keys as key data).
+    The `programs.SeedState` with a leading seed axis (numpy arrays; keys as key data).
   """
   _check_task(task)
   seed_ids = validate.seed_ids(seeds)
   method = _as_method(optimizer, 1)
   mesh = sharding.seed_mesh(None)
   sample = task.sample()
-  programs = _programs(_Plan(model, (sample.shape, sample.dtype), task, method, trainable, 2,
-                             seed, "vmap", mesh, None))
+  programs = programs_lib.cache(programs_lib.Plan(
+      model, (sample.shape, sample.dtype), task, method, trainable, 2, seed, "vmap", mesh, None))
   ids = sharding.distribute(sharding.pad_seed_ids(seed_ids, mesh).astype(np.int32), mesh)
   consts = sharding.replicate(task.consts(), mesh)
   state = programs.init(consts, ids)
   if start is not None:
-    state = start(Run(programs, consts, mesh, _model_info(model), task), state)
+    state = start(programs_lib.Run(programs, consts, mesh, programs_lib.model_info(model), task),
+                  state)
   return sharding.to_host(state, seed_ids.size)
 
 
@@ -551,11 +273,11 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   method = _as_method(optimizer, steps)
   mesh = sharding.seed_mesh(devices)
   sample = task.sample()
-  plan = _Plan(model, (sample.shape, sample.dtype), task, method, trainable, batch_size, seed,
-               batching, mesh, seed_chunk)
-  programs = _programs(plan)
+  plan = programs_lib.Plan(model, (sample.shape, sample.dtype), task, method, trainable,
+                           batch_size, seed, batching, mesh, seed_chunk)
+  programs = programs_lib.cache(plan)
   programs.check()
-  model_info = _model_info(model)
+  model_info = programs_lib.model_info(model)
   consts = task.consts()
   n = seed_ids.size
   memory.check(estimate_bytes(programs, sharding.padded_count(n, mesh) // mesh.size), "this fit")
@@ -569,7 +291,7 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   lengths = chunk_lengths(steps, chunk_steps)
   curve = np.full((len(lengths), ids.shape[0]), np.nan, np.float32)
   resumed = checkpoint.restore(state, curve) if checkpoint is not None else None
-  run = Run(programs, consts, mesh, model_info, task)
+  run = programs_lib.Run(programs, consts, mesh, model_info, task)
   if resumed is not None:
     done, state, curve = resumed
     logging.info("resumed after chunk %d/%d", done, len(lengths))

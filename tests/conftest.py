@@ -41,6 +41,6 @@ def bit_identical(a, b) -> bool:
 @pytest.fixture
 def no_compute(monkeypatch):
   """Fails the test if the engine starts compiling or initialising (checks must come first)."""
-  from jaxnorm import engine  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(engine._Programs, "init", property(   # pylint: disable=protected-access
+  from jaxnorm import programs as programs_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(programs_lib.Programs, "init", property(
       lambda self: pytest.fail("compute started before the input was validated")))

@@ -20,6 +20,7 @@ import jaxnorm
 from jaxnorm import checkpoint
 from jaxnorm import data
 from jaxnorm import engine
+from jaxnorm import programs as programs_lib
 from jaxnorm import memory
 from jaxnorm import methods
 from tests.conftest import bit_identical
@@ -119,7 +120,7 @@ def test_optimizer_state_and_gradients_only_for_trainable_leaves(which):
         opt_paths.add(k.key)
   assert opt_paths == set(state.trainable)
   # The step differentiates the trainable dict only: its gradient has exactly those leaves.
-  programs = engine._programs(engine._Plan(   # pylint: disable=protected-access
+  programs = programs_lib.cache(programs_lib.Plan(
       model, (DIGITS.sample().shape, DIGITS.sample().dtype), DIGITS,
       methods.Optax(optax.adam(1e-2)), "norm", 8, 0, "vmap", jaxnorm.seed_mesh(1), None))
   one = jax.tree.map(lambda a: jnp.asarray(a[0]), state)
@@ -240,7 +241,7 @@ def test_nnx_output_layer_is_the_last_defined():
 @pytest.fixture
 def poisoned_seed_1(monkeypatch):
   """Seed 1's training labels are pushed out of range: its loss is NaN from the first step."""
-  real = engine._Programs.init_seed   # pylint: disable=protected-access
+  real = programs_lib.Programs.init_seed
 
   def init_seed(self, consts, seed_id):
     state = real(self, consts, seed_id)
@@ -248,8 +249,8 @@ def poisoned_seed_1(monkeypatch):
     return state._replace(trainable={p: jnp.where(bad & (p[-1] == "scale"), jnp.nan, v)
                                      for p, v in state.trainable.items()})
 
-  with engine._programs.isolated():   # pylint: disable=protected-access
-    monkeypatch.setattr(engine._Programs, "init_seed", init_seed)  # pylint: disable=protected-access
+  with programs_lib.cache.isolated():
+    monkeypatch.setattr(programs_lib.Programs, "init_seed", init_seed)
     yield
 
 
@@ -258,6 +259,10 @@ def test_a_nan_seed_is_marked_diverged_and_the_others_carry_on(linen_fit, poison
   assert result.diverged.tolist() == [False, True, False]
   assert np.isnan(result.loss_curve[1]).all()
   assert result.frozen_unchanged
+  start = engine.init_states(LinenCNN(), DIGITS, [1])   # seed 1 never took a step
+  after = _flat(result.params)
+  for path, value in start.trainable.items():
+    assert bit_identical(after[path][1], value[0]), path
   for s in (0, 2):
     np.testing.assert_allclose(result.loss_curve[s], linen_fit.loss_curve[s], rtol=1e-5)
 
@@ -291,10 +296,10 @@ def test_memory_estimate_refuses_before_compute(monkeypatch, no_compute):
 
 def test_memory_estimate_bounds_xla(linen_fit):
   del linen_fit
-  plan = engine._Plan(LinenCNN(), (DIGITS.sample().shape, DIGITS.sample().dtype), DIGITS,   # pylint: disable=protected-access
+  plan = programs_lib.Plan(LinenCNN(), (DIGITS.sample().shape, DIGITS.sample().dtype), DIGITS,
                       methods.Optax(FAST["optimizer"]), "norm", 64, 0, "vmap",
                       jaxnorm.seed_mesh(1), None)
-  programs = engine._programs(plan)   # pylint: disable=protected-access
+  programs = programs_lib.cache(plan)
   consts = DIGITS.consts()
   state = programs.init(consts, jnp.arange(4, dtype=jnp.int32))
   analysis = programs.chunk(20).lower(consts, state).compile().memory_analysis()

@@ -11,6 +11,7 @@ from flax import traverse_util
 
 import jaxnorm
 from jaxnorm import engine
+from jaxnorm import programs as programs_lib
 from jaxnorm import fitspec
 from jaxnorm import sharding
 from tests.conftest import bit_identical
@@ -33,7 +34,7 @@ def _programs(spec):
   """The engine's programs for `spec` (the ones `fit_seeds` uses on one device)."""
   model, task, method, _ = fitspec.problem(spec)
   sample = task.sample()
-  return engine._programs(engine._Plan(  # pylint: disable=protected-access
+  return programs_lib.cache(programs_lib.Plan(
       model, (sample.shape, sample.dtype), task, method, "norm", spec.batch_size, spec.seed,
       "vmap", sharding.seed_mesh(1), None)), task
 
@@ -167,7 +168,7 @@ def test_default_steps_depend_on_the_optimizer():
 @pytest.fixture
 def poisoned_seed_1(monkeypatch):
   """Seed 1's target outputs NaN (its held-out variance stays finite); other seeds untouched."""
-  real = engine._Programs.init_seed   # pylint: disable=protected-access
+  real = programs_lib.Programs.init_seed
 
   def init_seed(self, consts, seed_id):
     state = real(self, consts, seed_id)
@@ -179,8 +180,8 @@ def poisoned_seed_1(monkeypatch):
       task["fit_y"] = jnp.where(bad, jnp.nan, task["fit_y"])
     return state._replace(task=task)
 
-  with engine._programs.isolated():   # pylint: disable=protected-access
-    monkeypatch.setattr(engine._Programs, "init_seed", init_seed)  # pylint: disable=protected-access
+  with programs_lib.cache.isolated():
+    monkeypatch.setattr(programs_lib.Programs, "init_seed", init_seed)
     yield
 
 
@@ -214,7 +215,7 @@ def test_a_seed_that_blows_up_mid_run_keeps_its_last_finite_norms(monkeypatch):
   marker = float(state.task["var"][1])
   state, _ = programs.chunk(20)(task.consts(), state)
   after_20 = jax.tree.map(np.asarray, state.trainable)
-  real = engine._Programs.objective   # pylint: disable=protected-access
+  real = programs_lib.Programs.objective
 
   def objective(self, consts, state):   # seed 1's 21st step has a NaN loss
     obj = real(self, consts, state)
@@ -225,8 +226,8 @@ def test_a_seed_that_blows_up_mid_run_keeps_its_last_finite_norms(monkeypatch):
       return jnp.where(bad, jnp.nan, loss), model_state
     return obj._replace(batch_loss=batch_loss)
 
-  with engine._programs.isolated():   # pylint: disable=protected-access
-    monkeypatch.setattr(engine._Programs, "objective", objective)  # pylint: disable=protected-access
+  with programs_lib.cache.isolated():
+    monkeypatch.setattr(programs_lib.Programs, "objective", objective)
     result = jaxnorm.fit_seeds(TINY, SEEDS)
     monkeypatch.undo()
   assert result.diverged.tolist() == [False, True, False]

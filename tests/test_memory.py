@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import jaxnorm
-from jaxnorm import engine
+from jaxnorm import programs as programs_lib
 from jaxnorm import fitspec
 from jaxnorm import memory
 from jaxnorm import sharding
@@ -34,7 +34,7 @@ def test_estimate_bounds_xla_memory_analysis(optimizer):
   seeds = 8
   model, task, method, _ = fitspec.problem(spec)
   sample = task.sample()
-  programs = engine._programs(engine._Plan(  # pylint: disable=protected-access
+  programs = programs_lib.cache(programs_lib.Plan(
       model, (sample.shape, sample.dtype), task, method, "norm", spec.batch_size, spec.seed,
       "vmap", sharding.seed_mesh(1), None))
   ids = np.arange(seeds, dtype=np.int32)

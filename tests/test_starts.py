@@ -1,6 +1,5 @@
 """Tests for jaxnorm.starts: where an affine NormMLP's norms begin."""
 
-import jax
 import numpy as np
 import pytest
 
