@@ -1,4 +1,4 @@
-"""Exact reconstruction of a target ReLU network by tuning only the norms (DESIGN.md §2).
+"""Exact reconstruction of a target ReLU network by tuning only the norms (docs/design.md §2).
 
 Array level, math layout `W[out, in]`. A target of depth `l` is a list of
 `(T_i [d_i, d_{i-1}], c_i [d_i])`; the frozen network has `2 l` weight matrices,
@@ -49,7 +49,7 @@ class BlockReport(NamedTuple):
   """How block `i` (frozen layers `2i-1`, `2i`) was reconstructed.
 
   Attributes:
-    block: the block index `i`, 1-based as in DESIGN.md.
+    block: the block index `i`, 1-based as in docs/design.md §1.
     solver: `"lstsq"` or `"cg"`.
     width: `m_i`, the hidden width of the block.
     min_width: `d_i * d_{i-1}`, the smallest width that can be exact.

@@ -9,11 +9,11 @@ target 8,8,8, ~30% of random starts reach the exact solution). In the student's
 own coordinates (`sum_i d_i (d_{i-1} + 1)` numbers, 144 for 8,8,8 instead of
 544 norms at width ratio 2) a Gauss–Newton step is ~14x cheaper, so many
 restarts are affordable; the best student is then written into the norms by
-the exact construction of DESIGN.md §2 (`jaxnorm.reconstruct_batch`), which
+the exact construction of docs/design.md §2 (`jaxnorm.reconstruct_batch`), which
 needs only the frozen weights and the student — never the target's weights.
 
 `linear_regime_norms` puts a network there from its frozen weights alone (the
-shifts of DESIGN.md §2 steps 2–3 with the target's bias set to zero).
+shifts of docs/design.md §2 steps 2–3 with the target's bias set to zero).
 `fit_student` (one seed; `vmap` it over seeds) runs `restarts` random students
 on the same fixed batch: a short full-batch Adam phase, `SELECT_STEPS`
 Levenberg–Marquardt steps, keeps the restart with the lowest loss and runs

@@ -4,7 +4,7 @@
 `NormMLP`'s params, so a network drawn by the model can be handed to
 `jaxnorm.reconstruct`; `norm_mlp_variables` writes per-layer `(gamma, beta)`
 back as `NormMLP` variables, either as jaxnorm's `Affine` norms or as standard
-`flax.linen.BatchNorm` variables for inference mode (DESIGN.md §4): with
+`flax.linen.BatchNorm` variables for inference mode (docs/design.md §3): with
 running statistics `(mean, var)`, BatchNorm computes
 `scale * (a - mean) / sqrt(var + eps) + bias`, which equals `gamma * a + beta`
 for `scale = gamma * sqrt(var + eps)` and `bias = beta + gamma * mean`.

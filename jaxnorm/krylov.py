@@ -1,4 +1,4 @@
-"""Minimum-norm solvers for the block systems of DESIGN.md §2 (matrix-free CGLS, dense lstsq).
+"""Minimum-norm solvers for the block systems of docs/design.md §2 (matrix-free CGLS, dense lstsq).
 
 Block `i` of the construction solves `W_out diag(gamma) W_in = T` for `gamma`,
 with `W_in = W_{2i-1}` `[m, d_in]`, `W_out = W_{2i}` `[d_out, m]`,

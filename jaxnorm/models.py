@@ -1,6 +1,6 @@
 """Linen modules: frozen random ReLU networks with tunable normalizations, and targets.
 
-`NormMLP` is the network of DESIGN.md §1: a chain of linear layers whose random
+`NormMLP` is the network of docs/design.md §1: a chain of linear layers whose random
 weights are meant to stay frozen, each followed by a normalization whose
 per-unit scale and shift are the only tunable numbers, ReLU after every
 normalization except the last.

@@ -7,7 +7,7 @@ import pytest
 
 import jaxnorm
 from jaxnorm import checkpoint
-from tests.conftest import bit_identical
+from jaxnorm.trees import bit_identical
 from tests.test_fitspec import METHODS
 from tests.test_fitspec import SEEDS   # the same specs: their programs are compiled once
 

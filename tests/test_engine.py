@@ -23,7 +23,7 @@ from jaxnorm import engine
 from jaxnorm import programs as programs_lib
 from jaxnorm import memory
 from jaxnorm import methods
-from tests.conftest import bit_identical
+from jaxnorm.trees import bit_identical
 
 SPLIT = data.digits()
 # A small slice of digits keeps every compiled program tiny.

@@ -14,7 +14,7 @@ from jaxnorm import engine
 from jaxnorm import programs as programs_lib
 from jaxnorm import fitspec
 from jaxnorm import sharding
-from tests.conftest import bit_identical
+from jaxnorm.trees import bit_identical
 
 TINY = jaxnorm.FitSpec(target_widths=(3, 4, 2), hidden_widths=(12, 8), steps=40, chunk_steps=20,
                        batch_size=32, eval_size=256, learning_rate=1e-2)

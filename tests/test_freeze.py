@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 
 import jaxnorm
-from tests.conftest import bit_identical
+from jaxnorm.trees import bit_identical
 
 
 class UserModel(nn.Module):

@@ -91,10 +91,6 @@ class Run:
     meta = self.checkpoints.meta or {}
     self.records: list[Any] = list(meta.get("records", []))
     self.timings: dict[str, Any] = dict(meta.get("timings", {}))
-    if self.records:
-      self.resumed = True
-
-  resumed = False
 
   def path(self, name: str) -> str:
     """A file of the workdir."""

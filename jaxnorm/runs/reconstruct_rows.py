@@ -135,7 +135,7 @@ def dense(config, case: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def coverage_estimate(d_in: int, d_out: int, p: float) -> float:
-  """DESIGN.md's guess for the sparse threshold: max(d_in d_out, ln(d_in d_out) / p^2)."""
+  """docs/design.md §2's guess for the sparse threshold: max(d_in d_out, ln(d_in d_out) / p^2)."""
   n = d_in * d_out
   return max(n, math.log(n) / p ** 2)
 
