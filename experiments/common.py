@@ -5,10 +5,12 @@ The flags defined here (`--checkpoint_every`, `--stop_after_chunks`,
 """
 
 import logging as std_logging
+import os
 import sys
 from typing import Callable
 
 import jax
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -32,18 +34,45 @@ NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the jo
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (--distributed).")
 
 PREEMPTED_EXIT = 3
+HELP_FLAGS = ("--help", "--helpshort", "-h", "-?")
 
 
-def _not_orbax_chatter(record) -> bool:
-  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+def run_app(main: Callable[[list[str]], None]) -> None:
+  """`absl.app.run(main)`, except that `--help`/`--helpshort` print this experiment's usage
+  (its docstring, its own flags and the run-control flags every experiment shares) and exit 0
+  (absl's own short help lists the main module's flags only and exits 1; `--helpfull` is absl's).
+  """
+  if any(a in HELP_FLAGS for a in sys.argv[1:]):
+    main_module = sys.modules["__main__"]
+    print((main_module.__doc__ or "").strip() + "\n")
+    by_module = flags.FLAGS.flags_by_module_dict()
+    main_key = next((k for k in by_module if k in ("__main__", sys.argv[0])
+                     or k.endswith(os.path.basename(sys.argv[0]).removesuffix(".py"))), None)
+    for title, key in (("flags", main_key), ("run control (every experiment)", __name__)):
+      if key in by_module:
+        print(f"{title}:\n{flags.FLAGS.module_help(key).split(chr(10), 1)[1]}\n")
+    sys.exit(0)
+  app.run(main)
+
+
+def _not_noise(record) -> bool:
+  """Drops Orbax's INFO lines and JAX's INFO notes about accelerator plugins it did not find."""
+  if record.levelno >= std_logging.WARNING:
+    return True
+  if "/orbax/" in record.pathname:
+    return False
+  return not ("xla_bridge" in record.pathname and "Unable to initialize backend" in
+              record.getMessage())
 
 
 def start() -> None:
   """Joins the multi-host job if asked, then logs processes and devices (first thing in main).
 
-  Orbax's own INFO lines (a dozen per checkpoint) are dropped from the log.
+  Orbax's own INFO lines (a dozen per checkpoint) and JAX's note on each
+  accelerator backend it could not load are dropped from the log.
   """
-  logging.get_absl_logger().addFilter(_not_orbax_chatter)
+  logging.get_absl_logger().addFilter(_not_noise)
+  std_logging.getLogger("jax._src.xla_bridge").addFilter(_not_noise)
   if DISTRIBUTED.value:
     try:
       jax.distributed.initialize(coordinator_address=COORDINATOR.value,

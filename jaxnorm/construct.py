@@ -119,7 +119,7 @@ def apply_frozen(frozen: Sequence[jax.Array], gammas: Sequence[jax.Array],
 _apply_jit = jax.jit(apply_frozen)
 
 
-def _dense(a):
+def as_dense(a):
   """An array from `a`; sparse matrices (`.todense()`) are densified."""
   if hasattr(a, "todense") and not isinstance(a, (np.ndarray, jax.Array)):
     a = np.asarray(a.todense())
@@ -137,7 +137,7 @@ def _real(value):
     return math.nan
 
 
-def _check_args(target, frozen, radius, data, solver, tol, maxiter, lead=()):
+def check_args(target, frozen, radius, data, solver, tol, maxiter, lead=()):
   """Validates everything before any compute; returns (target, frozen, dims, widths)."""
   if solver not in SOLVERS:
     raise ConfigError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
@@ -169,7 +169,7 @@ def _check_args(target, frozen, radius, data, solver, tol, maxiter, lead=()):
     if not dims:
       dims.append(ws[nl + 1])
     dims.append(ws[nl])
-  frozen = [_dense(w) for w in frozen]
+  frozen = [as_dense(w) for w in frozen]
   if len(frozen) != 2 * len(target):
     raise ConfigError(f"a target of depth {len(target)} needs 2*{len(target)} = "
                       f"{2 * len(target)} frozen matrices, got {len(frozen)}")
@@ -203,14 +203,16 @@ def _check_args(target, frozen, radius, data, solver, tol, maxiter, lead=()):
   return target, frozen, tuple(int(d) for d in dims), tuple(int(m) for m in widths)
 
 
-def _check_width(i, m, d_in, d_out, allow_inexact):
+def check_width(i, m, d_in, d_out, allow_inexact):
+  """Refuses (`ConfigError`) a block narrower than `d_in * d_out` unless inexact is allowed."""
   if m < d_in * d_out and not allow_inexact:
     raise ConfigError(f"block {i + 1}: width m_{i + 1} = {m} is below the minimum "
                       f"d_{i + 1}*d_{i} = {d_out}*{d_in} = {d_in * d_out} for an exact "
                       f"reconstruction (pass allow_inexact=True for a least-squares fit)")
 
 
-def _working_dtype(arrays):
+def working_dtype(arrays):
+  """The floating dtype the construction computes in for these arrays."""
   dtype = jnp.result_type(*arrays)
   if not jnp.issubdtype(dtype, jnp.floating):
     dtype = jnp.result_type(float)
@@ -239,7 +241,7 @@ def _unit_range(xp, w_in, h):
   return lo.min(0), hi.max(0)
 
 
-def _block_norms(xp, w_in, w_out, gamma, bias, realised, radius, h):
+def block_norms(xp, w_in, w_out, gamma, bias, realised, radius, h):
   """Steps 2–4 for one block, with `xp` = numpy (host) or jax.numpy (vmappable).
 
   The big matrices stay in the working dtype; on the host the small vectors
@@ -262,7 +264,8 @@ def _block_norms(xp, w_in, w_out, gamma, bias, realised, radius, h):
   return (beta1, beta2), next_radius, next_h, (max_shift, in_radius)
 
 
-def _fail(i, m, n, solver, residual, tol, rank=None, iterations=None, status=None):
+def solver_failure(i, m, n, solver, residual, tol, rank=None, iterations=None, status=None):
+  """The one-line `ValueError` for a block whose solve did not reach `tol` (to raise)."""
   what = f"block {i + 1} (width m_{i + 1} = {m}, minimum {n})"
   if rank is not None and rank < n:
     why = f"the system is rank-deficient: rank {rank} < {n}"
@@ -311,10 +314,10 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
       exact (naming it, its width, the minimum width and the rank) unless
       `allow_inexact`.
   """
-  target, frozen, dims, widths = _check_args(target, frozen, radius, data, solver, tol, maxiter)
+  target, frozen, dims, widths = check_args(target, frozen, radius, data, solver, tol, maxiter)
   for i, m in enumerate(widths):
-    _check_width(i, m, dims[i], dims[i + 1], allow_inexact)
-  dtype = _working_dtype([a for layer in target for a in layer] + list(frozen))
+    check_width(i, m, dims[i], dims[i + 1], allow_inexact)
+  dtype = working_dtype([a for layer in target for a in layer] + list(frozen))
   frozen = tuple(jnp.asarray(w, dtype) for w in frozen)
   tol = krylov.default_tol(dtype) if tol is None else float(tol)
   r = None if radius is None else float(radius)
@@ -336,10 +339,10 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
       realised = res.realised
       exact = residual <= tol
     if not exact and not allow_inexact:
-      raise _fail(i, m, n, use, residual, tol, rank, iterations, status)
+      raise solver_failure(i, m, n, use, residual, tol, rank, iterations, status)
     # Shifts on the host (cheap next to the solve, and nothing to compile).
     small = [np.asarray(a, np.float64) for a in (gamma, bias, realised)]
-    (beta1, beta2), r, h, (max_shift, in_radius) = _block_norms(
+    (beta1, beta2), r, h, (max_shift, in_radius) = block_norms(
         np, np.asarray(w_in), np.asarray(w_out), *small, r, h)
     np_dtype = np.dtype(dtype)   # convert on the host: no per-shape compiles
     gammas += [gamma, jnp.asarray(np.ones(dims[i + 1], np_dtype))]

@@ -20,12 +20,12 @@ from jaxnorm import krylov
 from jaxnorm import sharding
 from jaxnorm.construct import BlockReport
 from jaxnorm.construct import Reconstruction
-from jaxnorm.construct import _block_norms
-from jaxnorm.construct import _check_args
-from jaxnorm.construct import _check_width
-from jaxnorm.construct import _dense
-from jaxnorm.construct import _fail
-from jaxnorm.construct import _working_dtype
+from jaxnorm.construct import block_norms
+from jaxnorm.construct import check_args
+from jaxnorm.construct import check_width
+from jaxnorm.construct import as_dense
+from jaxnorm.construct import solver_failure
+from jaxnorm.construct import working_dtype
 from jaxnorm.construct import apply_frozen
 from jaxnorm.validate import ConfigError
 
@@ -59,14 +59,14 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
     None), and whose `apply(x)` maps shared inputs `[..., d_0]` to
     `[S, ..., d_L]`.
   """
-  if not len(frozen) or np.ndim(_dense(frozen[0])) != 3:
+  if not len(frozen) or np.ndim(as_dense(frozen[0])) != 3:
     raise ConfigError("reconstruct_batch needs frozen matrices with a leading seed axis [S, ...]")
-  lead = (int(np.shape(_dense(frozen[0]))[0]),)
-  target, frozen, dims, widths = _check_args(target, frozen, radius, data, "cg", tol, maxiter,
+  lead = (int(np.shape(as_dense(frozen[0]))[0]),)
+  target, frozen, dims, widths = check_args(target, frozen, radius, data, "cg", tol, maxiter,
                                              lead=lead)
   for i, m in enumerate(widths):
-    _check_width(i, m, dims[i], dims[i + 1], allow_inexact)
-  dtype = _working_dtype([a for layer in target for a in layer] + list(frozen))
+    check_width(i, m, dims[i], dims[i + 1], allow_inexact)
+  dtype = working_dtype([a for layer in target for a in layer] + list(frozen))
   seeds = lead[0]
   pad = 0 if mesh is None else sharding.padded_count(seeds, mesh) - seeds
 
@@ -92,7 +92,7 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
     exact = residual <= tol
     if not exact.all() and not allow_inexact:
       bad = np.flatnonzero(~exact)
-      err = _fail(i, widths[i], n, "cg", float(residual[bad[0]]), tol,
+      err = solver_failure(i, widths[i], n, "cg", float(residual[bad[0]]), tol,
                   iterations=int(iterations[bad[0]]), status=int(status[bad[0]]))
       raise ValueError(f"seeds {bad.tolist()}: {err}")
     gammas += [res.gamma, jnp.ones((seeds + pad, dims[i + 1]), dtype)]
@@ -110,7 +110,7 @@ def _batched_block(tol, maxiter, r_axis, h_axis, mesh):
 
   def one(w_in, w_out, t, bias, r, h):
     res = krylov.solve_min_norm(w_in, w_out, t, tol=tol, maxiter=maxiter)
-    return (res,) + _block_norms(jnp, w_in, w_out, res.gamma, bias, res.realised, r, h)
+    return (res,) + block_norms(jnp, w_in, w_out, res.gamma, bias, res.realised, r, h)
 
   batched = jax.vmap(one, in_axes=(0, 0, 0, 0, r_axis, h_axis))
   if mesh is None:

@@ -17,21 +17,12 @@ when it is not. CGLS minimises the residual `||K gamma - vec T||` over the
 Krylov space, so it stops at the earliest iteration a residual tolerance allows.
 One iteration is one product with `K` and one with `K^T`, `4 m d_out d_in` flops.
 
-Layout (measured with XLA:CPU on a 2-core AVX2 machine, d = 256, m = 2 d^2):
-both products run as plain row-major GEMMs. `K^T Y` multiplies `W_out^T`
-`[m, d_out]` by `Y`, a tall GEMM at the machine's GEMM peak. `K gamma`
-contracts over the long axis `m`, which one big GEMM does at ~45–65% of peak;
-it runs instead as a `lax.scan` over chunks of ~2 MB of `W_out` (`[d_out, mc]`
-row-major) times `W_in[c, :]`, at ~80–95%. The two re-laid-out copies of
-`W_out` are made once per solve, behind `lax.optimization_barrier` so that XLA
-cannot fold them back into the slower transposed GEMMs.
-
-Iterations: for He-normal weights the spectrum of `K K^T` is close to
-Marchenko–Pastur with ratio `n / m` (`n = d_out d_in`), and CG contracts the
-residual by ~`sqrt(n / m)` per iteration: ~26 iterations to 1e-4 at `m = 2 n`,
-whatever `d`. Jacobi (`diag K K^T = (W_out**2) @ (W_in**2)`) and Kronecker
-(`(W_out W_out^T) ⊗ (W_in^T W_in) / m`) preconditioners were measured to save
-at most one iteration there, so none is used.
+Layout: both products run as row-major GEMMs. `K gamma` contracts over the
+long axis `m` as a `lax.scan` over chunks of `W_out` (`[d_out, mc]`) times
+`W_in[c, :]`; the two re-laid-out copies of `W_out` are made once per solve,
+behind `lax.optimization_barrier` so that XLA keeps that layout. No
+preconditioner is used (why, and the measurements behind the layout, are in
+WORKSPACE.md, "Implementation notes").
 
 `solve_min_norm` is pure JAX: it runs under `jax.jit` and `jax.vmap` (e.g.
 over a leading seed axis of `W_in`, `W_out` and `T`). `lstsq_min_norm` is the

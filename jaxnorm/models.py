@@ -175,10 +175,8 @@ class ShiftConv(nn.Module):
   Same parameter (`kernel [3, 3, in, out]`) and result as `nn.Conv(out, (3, 3),
   use_bias=False)`, but under `jax.vmap` over a batch of kernels it becomes
   batched matrix products (forward and backward) instead of a grouped
-  convolution, which XLA's CPU backend runs slowly (a 600-step, 4-seed
-  NormConvNet fit, depth 2, 32 channels, took 202 s with vmapped `nn.Conv`).
-  An image-patches version was slower still in the backward pass (826 ms per
-  gradient step against 185 ms this way, same network, batch 128).
+  convolution, which XLA's CPU backend runs slowly (measurements in
+  WORKSPACE.md, "Implementation notes").
 
   Attributes:
     features: output channels.

@@ -53,7 +53,8 @@ from jaxnorm.runs import peak as peak_lib
 from jaxnorm.runs import torch_peer
 
 METHODS = ("vmap", "vmap_chunk", "loop", "lax_map", "torch", "torch_1t")
-# Goals of issue 6: jaxnorm over the loop and over torch (first setting), share of peak (last).
+# Goals the benchmark reports against: jaxnorm over the loop and over torch (first setting),
+# share of the matmul peak (last setting).
 GOALS = {"vs_loop": 2.0, "vs_torch": 1.5, "peak_fraction": 0.4}
 
 

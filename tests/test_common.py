@@ -1,0 +1,23 @@
+"""Tests for experiments/common.py: what every experiment main shares."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("experiment,own_flag", [("fit_target", "--seeds"), ("classify", "--modes"),
+                                                 ("reconstruct", "--study"),
+                                                 ("bench_fit", "--repeats")])
+def test_helpshort_exits_0_with_own_and_run_control_flags(experiment, own_flag):
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{experiment}", "--helpshort"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  assert f"python -m experiments.{experiment}" in out   # the docstring with its commands
+  assert f"  {own_flag}:" in out
+  for shared in ("--checkpoint_every", "--stop_after_chunks", "--[no]overwrite", "--[no]distributed"):
+    assert shared in out, shared
