@@ -119,6 +119,7 @@ class ChunkReport(NamedTuple):
   median_loss: float        # over the seeds that have not diverged
   steps_per_second: float
   diverged: int = 0         # seeds diverged so far
+  eta_seconds: float = float("nan")   # the rest of this fit at this chunk's speed
 
 
 class Checkpoint(Protocol):
@@ -319,9 +320,11 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
     curve[i] = loss = sharding.to_host(loss)
     if on_chunk is not None:
       live = loss[:n][np.isfinite(loss[:n])]
-      on_chunk(ChunkReport(i, len(lengths), sum(lengths[:i + 1]),
-                           float(np.median(live)) if live.size else float("nan"),
-                           lengths[i] / (time.perf_counter() - t0), int(n - live.size)))
+      speed = lengths[i] / (time.perf_counter() - t0)
+      done_steps = sum(lengths[:i + 1])
+      on_chunk(ChunkReport(i, len(lengths), done_steps,
+                           float(np.median(live)) if live.size else float("nan"), speed,
+                           int(n - live.size), (steps - done_steps) / speed))
     if checkpoint is not None:
       checkpoint.save(i + 1, len(lengths), state, curve)
   metrics = sharding.to_host(programs.eval(consts, state), n)

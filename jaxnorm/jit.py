@@ -11,10 +11,13 @@ def one_shot_jit(fn: Callable, **jit_kwargs) -> Callable:
   """`jax.jit` for programs that run once per call site (inits, evaluations).
 
   On CPU they are compiled at XLA backend optimization level 0: their run time
-  is negligible, while full optimization of many unrolled threefry hashes in a
-  vmapped `NormMLP` init took 4-6 s (measured: 6.4 s -> 0.9 s, same bits).
-  Hot loops should use plain `jax.jit` (level 0 made the fit's step loop ~3x
-  slower).
+  is negligible, while full optimization of the many unrolled threefry hashes
+  of a vmapped init is slow to compile. The random bits are the same; the
+  floating-point transforms of them (e.g. He-normal's inverse error function)
+  may round differently in the last bit than under plain `jax.jit`, so every
+  program that must agree bit for bit (a fit's init, `engine.init_states`)
+  goes through this one. Hot loops use plain `jax.jit`. Measurements are in
+  WORKSPACE.md ("Decisions worth knowing").
 
   Args:
     fn: the function to compile.

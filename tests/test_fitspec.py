@@ -122,6 +122,7 @@ def test_uneven_chunks_and_progress_callback():
   assert result.chunk_steps.tolist() == [20, 40, 50]
   assert [r.step for r in reports] == [20, 40, 50]
   assert all(r.n_chunks == 3 and r.steps_per_second > 0 for r in reports)
+  assert reports[-1].eta_seconds == 0 and all(r.eta_seconds > 0 for r in reports[:-1])
   assert result.trainable_params == 2 * (12 + 4 + 8 + 2)
 
 

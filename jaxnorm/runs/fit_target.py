@@ -251,8 +251,9 @@ def run(config: Config, workdir: str,
 
 
 def _progress(c: fitspec.ChunkReport) -> None:
-  logging.info("  chunk %d/%d  step %d  median loss %.4g  %.3g steps/s  diverged %d",
-               c.chunk + 1, c.n_chunks, c.step, c.median_loss, c.steps_per_second, c.diverged)
+  logging.info("  chunk %d/%d  step %d  median loss %.4g  %.3g steps/s  diverged %d  ETA %.0f s",
+               c.chunk + 1, c.n_chunks, c.step, c.median_loss, c.steps_per_second, c.diverged,
+               c.eta_seconds)
 
 
 def _record(spec: fitspec.FitSpec, result: fitspec.FitResult) -> dict[str, Any]:

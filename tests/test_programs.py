@@ -1,0 +1,47 @@
+"""Tests for jaxnorm.programs: compiled programs are cached by plan, and never by identity."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+import jaxnorm
+from jaxnorm import methods
+from jaxnorm import programs
+
+TASK = jaxnorm.Regression(lambda x: jnp.sin(x[:, :1]), in_dim=2, eval_size=16)
+
+
+def _plan(model, task=TASK):
+  sample = task.sample()
+  return programs.Plan(model, (sample.shape, sample.dtype), task,
+                       methods.Optax(methods.default_optimizer(10)), "norm", 8, 0, "vmap",
+                       jaxnorm.seed_mesh(1), None)
+
+
+def test_equal_plans_share_programs_and_isolation_restores_them():
+  net = jaxnorm.NormMLP((2, 8, 1))
+  first = programs.cache(_plan(net))
+  assert programs.cache(_plan(jaxnorm.NormMLP((2, 8, 1)))) is first   # equal, not identical
+  assert programs.cache(_plan(jaxnorm.NormMLP((2, 9, 1)))) is not first
+  with programs.cache.isolated():
+    assert programs.cache(_plan(net)) is not first
+  assert programs.cache(_plan(net)) is first
+
+
+class Unhashable(nn.Module):
+  widths: list   # a list field makes the module unhashable
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.LayerNorm()(nn.Dense(self.widths[0])(x))
+
+
+def test_an_unhashable_plan_is_never_cached():
+  model = Unhashable([1])
+  assert programs.cache(_plan(model)) is not programs.cache(_plan(model))
+
+
+def test_footprint_and_checks_are_computed_once_per_plan():
+  p = programs.cache(_plan(jaxnorm.NormMLP((2, 8, 1))))
+  assert p.footprint is p.footprint and all(b > 0 for b in p.footprint[:2])
+  p.check()
+  p.check()   # cached: no second trace

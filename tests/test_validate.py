@@ -1,0 +1,44 @@
+"""Tests for jaxnorm.validate: the one-line checks that run before any compute."""
+
+import numpy as np
+import pytest
+
+from jaxnorm import validate
+
+
+@pytest.mark.parametrize("check,value,message", [
+    (validate.positive_int, 0, "positive integer, got 0"),
+    (validate.positive_int, True, "True"),
+    (validate.positive_int, 2.5, "2.5"),
+    (validate.non_negative_int, -1, "-1"),
+    (validate.positive_float, float("inf"), "finite"),
+    (validate.positive_float, "x", "'x'"),
+    (validate.probability, 0.0, "\\(0, 1\\]"),
+])
+def test_scalar_checks_name_the_bad_value(check, value, message):
+  with pytest.raises(validate.ConfigError, match=message):
+    check("thing", value)
+
+
+def test_good_values_pass_through():
+  assert validate.positive_int("n", np.int64(3)) == 3
+  assert validate.probability("p", 1) == 1.0
+  assert validate.positive_ints("w", [1, 2]) == (1, 2)
+  assert validate.one_of("kind", "a", ("a", "b")) == "a"
+  assert validate.seed_ids(range(3)).tolist() == [0, 1, 2]
+
+
+def test_seed_ids_and_choices():
+  with pytest.raises(validate.ConfigError, match="at least one seed"):
+    validate.seed_ids([])
+  with pytest.raises(validate.ConfigError, match="non-negative integers"):
+    validate.seed_ids([1.5])
+  with pytest.raises(validate.ConfigError, match="unknown kind 'c'; expected one of a, b"):
+    validate.one_of("kind", "c", ("a", "b"))
+
+
+def test_target_layers_must_chain():
+  w = np.zeros((4, 3))
+  assert validate.target_layers([(w, np.zeros(4)), (np.zeros((2, 4)), np.zeros(2))]) == (3, 4, 2)
+  with pytest.raises(validate.ConfigError, match="don't chain"):
+    validate.target_layers([(w, np.zeros(4)), (np.zeros((2, 5)), np.zeros(2))])
