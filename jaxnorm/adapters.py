@@ -5,9 +5,11 @@
 * `init(key) -> (params, state)`: the seed's parameters (a nested dict of
   arrays, path keys as in the model) and its other variables (`batch_stats`
   and friends, a nested dict; `{}` when there are none);
-* `apply(params, state, x, train) -> (out, state)`: the outputs, and the
-  other variables as updated by a training-mode call (BatchNorm's running
-  averages); with `train=False` the state comes back unchanged.
+* `apply(params, state, x, train, rng=None) -> (out, state)`: the outputs,
+  and the other variables as updated by a training-mode call (BatchNorm's
+  running averages); with `train=False` the state comes back unchanged. In
+  training a linen model gets `rng` as its `'dropout'` stream; an NNX model
+  keeps its own `nnx.Rngs` state among the other variables.
 
 A linen module is used directly: `module.init(key, sample)`, `module.apply`
 with `mutable=` the non-param collections when training; a `train` argument of
@@ -40,7 +42,7 @@ class Model:
 
   Attributes:
     init: `init(key) -> (params, state)`.
-    apply: `apply(params, state, x, train) -> (out, state)`.
+    apply: `apply(params, state, x, train, rng=None) -> (out, state)`.
     kind: `"linen"` or `"nnx"`.
     abstract: `(params, state)` shapes from `jax.eval_shape(init, key)`.
     rebuild: `rebuild(params, state)` -> the user's object for one seed:
@@ -71,12 +73,13 @@ def _linen(module: nn.Module, sample) -> Model:
     params = variables.pop("params", {})
     return params, variables
 
-  def apply(params, state, x, train):
+  def apply(params, state, x, train, rng=None):
     variables = {"params": params, **state}
+    rngs = {"dropout": rng} if train and rng is not None else None
     if train and state:
-      out, updates = module.apply(variables, x, mutable=list(state), **kwargs(True))
+      out, updates = module.apply(variables, x, mutable=list(state), rngs=rngs, **kwargs(True))
       return out, {**state, **updates}
-    return module.apply(variables, x, **kwargs(train)), state
+    return module.apply(variables, x, rngs=rngs, **kwargs(train)), state
 
   abstract = _eval_init(init, "model.init")
   if abstract[1] and not has_train:
@@ -115,7 +118,8 @@ def _nnx(factory: Callable[[nnx.Rngs], nnx.Module], sample) -> Model:
     r = jax.tree.unflatten(r_def, jax.tree.leaves(state))
     return nnx.merge(graphdef, p, r)
 
-  def apply(params, state, x, train):
+  def apply(params, state, x, train, rng=None):
+    del rng   # an NNX model carries its own rng state (in `state`)
     module = merge(params, state)
     if train:
       module.train()

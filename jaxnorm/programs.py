@@ -152,10 +152,10 @@ class Programs:
     task = plan.task
 
     def batch_loss(trainable):
-      x, y = task.batch(state.task, consts, jax.random.fold_in(state.data_key, state.step),
-                        plan.batch_size)
+      key = jax.random.fold_in(state.data_key, state.step)
+      x, y = task.batch(state.task, consts, key, plan.batch_size)
       out, model_state = self.model.apply(freeze.combine(trainable, state.frozen),
-                                          state.model_state, x, True)
+                                          state.model_state, x, True, jax.random.fold_in(key, 1))
       return task.loss_fn(out, y, state.task), model_state
 
     predict = functools.partial(self._predict, state)
@@ -248,6 +248,13 @@ class Programs:
     plan.task.check(lambda shape: jax.eval_shape(
         lambda p, s: model.apply(p, s, jnp.zeros(shape, dtype), False)[0],
         *model.abstract).shape)
+    try:   # the training-mode call too (dropout, batch statistics), on two rows
+      jax.eval_shape(lambda p, s: model.apply(p, s, jnp.zeros((2,) + plan.sample[0][1:], dtype),
+                                              True, jax.random.key(0))[0], *model.abstract)
+    except Exception as e:  # pylint: disable=broad-except
+      text = str(e).strip().splitlines()
+      raise validate.ConfigError(f"the model failed in training mode: {type(e).__name__}: "
+                                 f"{text[0] if text else ''}") from None
     if model.abstract[1] and plan.batch_size < 2 and not plan.method.full_batch:
       raise validate.ConfigError("a model with batch statistics needs batch_size >= 2")
 
