@@ -96,11 +96,6 @@ def check_spec(spec: ClassifySpec) -> ClassifySpec:
   return spec
 
 
-def count_norm_params(params) -> int:
-  """Number of normalization scale/shift entries in `params`."""
-  return selection.count_norm_entries(params)
-
-
 def estimate_bytes(spec: ClassifySpec, seeds: int, n_train: int, n_test: int) -> int:
   """Estimated peak memory of training `seeds` seeds of `spec` on one device (float32).
 
@@ -125,7 +120,7 @@ def estimate_bytes(spec: ClassifySpec, seeds: int, n_train: int, n_test: int) ->
   params = size(shapes)
   output = (spec.output_layer(),) if spec.mode in ("output", "norm_output") else None
   trainable = size(freeze.partition(shapes, selection.trainable_mask(spec.mode, shapes, output))[0])
-  units = 64 + (count_norm_params(shapes) // 2) * (64 if spec.model == "conv" else 1)
+  units = 64 + (selection.count_norm_entries(shapes) // 2) * (64 if spec.model == "conv" else 1)
   work = max(6 * spec.batch_size, 2 * max(n_train, n_test)) * units
   return 4 * (seeds * (3 * params + 4 * trainable + work) + 64 * (n_train + n_test))
 

@@ -204,13 +204,17 @@ def init_states(model, task, seeds: Sequence[int], *, trainable: selection.Train
   sample = task.sample()
   programs = programs_lib.cache(programs_lib.Plan(
       model, (sample.shape, sample.dtype), task, method, trainable, 2, seed, "vmap", mesh, None))
-  ids = sharding.distribute(sharding.pad_seed_ids(seed_ids, mesh).astype(np.int32), mesh)
-  consts = sharding.replicate(task.consts(), mesh)
-  state = programs.init(consts, ids)
+  consts, state = _initialise(programs, task, seed_ids, mesh)
   if start is not None:
-    state = start(programs_lib.Run(programs, consts, mesh, programs_lib.model_info(model), task),
-                  state)
+    state = start(programs_lib.Run(programs, consts, mesh, programs.info, task), state)
   return sharding.to_host(state, seed_ids.size)
+
+
+def _initialise(programs, task, seed_ids: np.ndarray, mesh):
+  """The shared arrays on every device, and every seed's state after init (padded, sharded)."""
+  consts = sharding.replicate(task.consts(), mesh)
+  ids = sharding.distribute(sharding.pad_seed_ids(seed_ids, mesh).astype(np.int32), mesh)
+  return consts, programs.init(consts, ids)
 
 
 def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainable = "norm",
@@ -278,21 +282,17 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
                            batch_size, seed, batching, mesh, seed_chunk)
   programs = programs_lib.cache(plan)
   programs.check()
-  model_info = programs_lib.model_info(model)
-  consts = task.consts()
   n = seed_ids.size
   memory.check(estimate_bytes(programs, sharding.padded_count(n, mesh) // mesh.size), "this fit")
 
   begin = time.perf_counter()
-  consts = sharding.replicate(consts, mesh)
-  ids = sharding.distribute(sharding.pad_seed_ids(seed_ids, mesh).astype(np.int32), mesh)
-  state = programs.init(consts, ids)
+  consts, state = _initialise(programs, task, seed_ids, mesh)
   frozen_before = sharding.to_host(state.frozen)
   trainable_before = sharding.to_host(state.trainable) if programs.subset else None
   lengths = chunk_lengths(steps, chunk_steps)
-  curve = np.full((len(lengths), ids.shape[0]), np.nan, np.float32)
+  curve = np.full((len(lengths), state.step.shape[0]), np.nan, np.float32)
   resumed = checkpoint.restore(state, curve) if checkpoint is not None else None
-  run = programs_lib.Run(programs, consts, mesh, model_info, task)
+  run = programs_lib.Run(programs, consts, mesh, programs.info, task)
   if resumed is not None:
     done, state, curve = resumed
     logging.info("resumed after chunk %d/%d", done, len(lengths))

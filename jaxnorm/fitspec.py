@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
+import optax
 
 from jaxnorm import domain
 from jaxnorm import engine
@@ -246,7 +247,10 @@ def task_for(spec: FitSpec, target) -> tasks.Regression:
 
 
 def make_optimizer(spec):
-  """The optax optimizer of `spec.optimizer="adam"` (with its schedule) or `"lbfgs"`.
+  """The optax optimizer of `spec.optimizer="adam"`: Adam with `spec.schedule`.
+
+  `problem(spec)` is cached per spec, so equal specs share one transformation
+  (and the engine's compiled programs).
 
   Args:
     spec: a `FitSpec`.
@@ -254,18 +258,9 @@ def make_optimizer(spec):
   Returns:
     The optax transformation.
   """
-  if spec.optimizer == "lbfgs":
-    return methods.LBFGS(memory_size=20).transformation()
   if spec.schedule == "cosine":
     return methods.default_optimizer(spec.steps, spec.learning_rate)
-  return optax_adam(spec.learning_rate)
-
-
-@functools.lru_cache(maxsize=16)
-def optax_adam(learning_rate: float):
-  """Adam at a constant learning rate (cached: equal specs share one transformation)."""
-  import optax  # pylint: disable=g-import-not-at-top
-  return optax.adam(learning_rate)
+  return optax.adam(spec.learning_rate)
 
 
 def heldout_inputs(spec: FitSpec, seed_id: int) -> jax.Array:
@@ -278,9 +273,9 @@ def heldout_inputs(spec: FitSpec, seed_id: int) -> jax.Array:
   Returns:
     The same points `fit_seeds` evaluates that seed's relative MSE on.
   """
-  key = jax.random.fold_in(jax.random.key(spec.seed), seed_id)
-  return domain.sample_inputs(jax.random.split(key, 4)[3], spec.eval_size,
-                              spec.target_widths[0], spec.radius, spec.input_distribution)
+  task = problem(spec)[1]
+  key = task.split_key(jax.random.fold_in(jax.random.key(spec.seed), seed_id))["eval"]
+  return task.draw(key, spec.eval_size)
 
 
 def chunk_lengths(spec: FitSpec) -> list[int]:

@@ -163,7 +163,7 @@ class Programs:
     if plan.method.full_batch:
       fixed_x, fixed_y = task.fixed_batch(state.task, consts)
       if task.residual_form():
-        weight = 1.0 / (fixed_y.size * task.loss_denominator(state.task))
+        weight = task.residual_weight(state.task, fixed_y)
 
     def fixed_loss(trainable):
       return task.loss_fn(predict(trainable, fixed_x), fixed_y, state.task)
@@ -222,6 +222,11 @@ class Programs:
     return self._chunks[length]
 
   @functools.cached_property
+  def info(self) -> dict[str, Any]:
+    """What methods and starts may need to know of the model (`model_info`)."""
+    return model_info(self.plan.model)
+
+  @functools.cached_property
   def footprint(self) -> tuple[int, int, int]:
     """Bytes of one seed's state, of one step's (or evaluation's) values, of the consts.
 
@@ -243,7 +248,7 @@ class Programs:
 
   def _check(self) -> None:
     plan, model = self.plan, self.model
-    plan.method.check(plan.task, model_info(plan.model))
+    plan.method.check(plan.task, self.info)
     dtype = plan.sample[1]
     plan.task.check(lambda shape: jax.eval_shape(
         lambda p, s: model.apply(p, s, jnp.zeros(shape, dtype), False)[0],

@@ -135,7 +135,7 @@ def distill(method, run, state):
 
   def students(consts, s):
     del consts
-    weight = 1.0 / (s.task["fit_y"].size * run.task.loss_denominator(s.task))
+    weight = run.task.residual_weight(s.task, s.task["fit_y"])
     return distill_lib.fit_student(jax.random.split(s.data_key)[1], widths, s.task["fit_x"],
                                    s.task["fit_y"], weight, method.restarts, method.student_steps)
 

@@ -290,6 +290,10 @@ class Regression:
       return consts[0], consts[1]
     return state["fit_x"], state["fit_y"]
 
+  def residual_weight(self, state, y):
+    """`w` with the relative MSE on rows `y` equal to `w * sum((out - y)^2)` (least squares)."""
+    return 1.0 / (y.size * self.loss_denominator(state))
+
   def loss_denominator(self, state):
     """The relative MSE's denominator: the target's output variance (+1e-12)."""
     return self._train_var(state) + 1e-12

@@ -127,8 +127,9 @@ def test_torch_peer_does_the_same_steps_as_jaxnorm():
             "targets": targets,
             "eval_x": np.stack([fitspec.heldout_inputs(spec, i) for i in seeds])}
   peer = torch_peer.build(spec, len(seeds), threads=1, arrays=arrays)
-  data_keys = [jax.random.split(jax.random.fold_in(jax.random.key(spec.seed), i), 4)[2]
-               for i in seeds]   # the data stream of seed i (`Regression.split_key`)
+  task = fitspec.problem(spec)[1]   # the data stream of seed i, as the task splits its key
+  data_keys = [task.split_key(jax.random.fold_in(jax.random.key(spec.seed), i))["data"]
+               for i in seeds]
   for t in range(spec.steps):   # the batches fit_seeds drew
     x = np.stack([domain.sample_inputs(jax.random.fold_in(k, t), spec.batch_size,
                                        spec.target_widths[0], spec.radius) for k in data_keys])

@@ -48,7 +48,7 @@ def test_random_subset_selects_as_many_nonzero_weights_as_norm_params():
       jax.random.key(0), jnp.zeros((1, 64)))["params"]
   weights = {("dense_0", "kernel"): params["dense_0"]["kernel"],
              ("dense_1", "kernel"): params["dense_1"]["kernel"]}
-  n = classify.count_norm_params(params)
+  n = selection.count_norm_entries(params)
   assert n == 2 * (16 + 10)
   masks = selection.random_subset_masks(jax.random.key(1), weights, n)
   assert sum(int(m.sum()) for m in masks.values()) == n
