@@ -48,7 +48,10 @@ def run_app(main: Callable[[list[str]], None]) -> None:
     by_module = flags.FLAGS.flags_by_module_dict()
     main_key = next((k for k in by_module if k in ("__main__", sys.argv[0])
                      or k.endswith(os.path.basename(sys.argv[0]).removesuffix(".py"))), None)
-    for title, key in (("flags", main_key), ("run control (every experiment)", __name__)):
+    sections = (("flags", main_key), ("hyperparameters (override the named --config)",
+                                      "experiments.config_flags"),
+                ("run control (every experiment)", __name__))
+    for title, key in sections:
       if key in by_module:
         print(f"{title}:\n{flags.FLAGS.module_help(key).split(chr(10), 1)[1]}\n")
     sys.exit(0)
@@ -65,12 +68,29 @@ def _not_noise(record) -> bool:
               record.getMessage())
 
 
+class _Plain(std_logging.Formatter):
+  """`12:03:04  message` (warnings and errors say so), instead of absl's `I1203 12:03:04.123456
+  140... file.py:123]` prefix: progress lines a person reads."""
+
+  def __init__(self):
+    super().__init__("%(asctime)s  %(message)s", "%H:%M:%S")
+
+  def format(self, record):
+    line = super().format(record)
+    if record.levelno >= std_logging.WARNING:
+      stamp, message = line.split("  ", 1)
+      line = f"{stamp}  {record.levelname.lower()}: {message}"
+    return line
+
+
 def start() -> None:
   """Joins the multi-host job if asked, then logs processes and devices (first thing in main).
 
-  Orbax's own INFO lines (a dozen per checkpoint) and JAX's note on each
-  accelerator backend it could not load are dropped from the log.
+  Log lines are plain (`time  message`); Orbax's own INFO lines (a dozen per
+  checkpoint) and JAX's note on each accelerator backend it could not load are
+  dropped.
   """
+  logging.get_absl_handler().setFormatter(_Plain())
   logging.get_absl_logger().addFilter(_not_noise)
   std_logging.getLogger("jax._src.xla_bridge").addFilter(_not_noise)
   if DISTRIBUTED.value:
@@ -124,18 +144,7 @@ def report_complete(results: dict, workdir: str) -> None:
           f"(--overwrite starts fresh)")
 
 
-def int_list(values) -> tuple[int, ...]:
-  """Flag list of strings -> ints, with a one-line error for a non-integer."""
-  try:
-    return tuple(int(v) for v in values)
-  except ValueError:
-    fail(f"expected integers, got {list(values)}")
-
-
-def float_list(values) -> tuple[float, ...]:
-  """Flag list of strings -> floats, with a one-line error for a non-number."""
-  try:
-    return tuple(float(v) for v in values)
-  except ValueError:
-    fail(f"expected numbers, got {list(values)}")
-
+def report_written(workdir: str, names, devices: int) -> None:
+  """The last line of a run: where its outputs are (the ones it wrote, of `names`)."""
+  names = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+  print(f"seeds spread over {devices} device(s); wrote into {workdir}: {', '.join(names)}")

@@ -11,8 +11,8 @@ the `fit_target` experiment's fits (`FitSpec`, `fit_seeds`, `seed_mesh`), checkp
 `Control`), second-order and distillation fitting (`lm_fit`, `fit_student`,
 `linear_regime_norms`), norm-only classifiers on real data (`ClassifySpec`,
 `train_classifier`), and the exact construction (`reconstruct`,
-`reconstruct_batch`, exported with `norm_mlp_variables`). Experiments live in
-`jaxnorm.runs` (library side) and `experiments/` (absl mains).
+`reconstruct_batch`, exported with `norm_mlp_variables`). The experiments
+live outside the library, in `experiments/<name>/`.
 """
 
 from jaxnorm.checkpoint import Checkpoints

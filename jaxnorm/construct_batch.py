@@ -95,7 +95,8 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
       err = solver_failure(i, widths[i], n, "cg", float(residual[bad[0]]), tol,
                   iterations=int(iterations[bad[0]]), status=int(status[bad[0]]))
       raise ValueError(f"seeds {bad.tolist()}: {err}")
-    gammas += [res.gamma, jnp.ones((seeds + pad, dims[i + 1]), dtype)]
+    ones = np.ones((seeds + pad, dims[i + 1]), dtype)   # split like the seeds (multi-host safe)
+    gammas += [res.gamma, jnp.asarray(ones) if mesh is None else sharding.distribute(ones, mesh)]
     betas += [beta1, beta2]
     reports.append(BlockReport(i + 1, "cg", widths[i], n, residual, None, iterations, max_shift,
                                in_radius, exact))

@@ -1,7 +1,9 @@
 """Real data that ships with a package: scikit-learn's handwritten digits.
 
 1797 8x8 grey-scale images of the digits 0-9 (UCI optical digits), bundled
-with scikit-learn, so nothing is downloaded at run time.
+with scikit-learn, so nothing is downloaded at run time. scikit-learn is not a
+dependency of the library: it comes with the `experiments` extra
+(`pip install 'jaxnorm[experiments]'`), and `digits()` says so when it is missing.
 """
 
 from __future__ import annotations
@@ -32,8 +34,12 @@ def digits(test_fraction: float = 0.25, split_seed: int = 0) -> Split:
     A `Split`; every pixel has mean 0 and standard deviation 1 over the
     training set (constant pixels are only centred).
   """
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+  try:
+    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+    from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("jaxnorm.data.digits() needs scikit-learn (it ships the digits): "
+                      "pip install 'jaxnorm[experiments]'") from e
 
   bunch = load_digits()
   x, y = bunch.data.astype(np.float64), bunch.target.astype(np.int32)

@@ -3,7 +3,9 @@
 A `FitSpec` names, in flat fields that map one-to-one onto experiment flags,
 a frozen `NormMLP` (widths, norm kind, sparsity), a `Regression` task (a
 random target MLP per seed, or one given target, inputs from a ball or a
-Gaussian) and a fitting method by name (`adam`, `lbfgs`, `lm`, `distill`).
+Gaussian) and a fitting method by name (`adam`, `lbfgs`, `lm`, `distill`, or
+`construct`: the exact construction from the target's weights, not fitted
+further — the oracle reference a black-box method is measured against).
 `fit_seeds(spec, seeds)` is a thin wrapper: it builds those objects
 (`problem(spec)`) and calls `jaxnorm.fit`; everything else — batching over
 seeds, sharding, chunks, checkpoints, the divergence guard, the freezing
@@ -30,15 +32,17 @@ from jaxnorm import validate
 
 SCHEDULES = ("constant", "cosine")
 INITS = ("standard", "linear", "construct")
-OPTIMIZERS = ("adam", "lbfgs", "lm", "distill")
+OPTIMIZERS = ("adam", "lbfgs", "lm", "distill", "construct")
+ORACLES = ("construct",)   # read the target's weights; every other method only evaluates it
 BATCHINGS = engine.BATCHINGS
 FULL_BATCH = ("lbfgs", "lm", "distill")   # fit a fixed batch of `fit_size` inputs
 # distill on Gaussian inputs (no bounded domain): the shifts keep the wide units linear on
 # the fixed batch scaled by this factor, so that fresh inputs a little beyond it stay covered.
 GAUSSIAN_MARGIN = 1.5
 # Defaults of `steps` / `chunk_steps` per optimizer (a step of `lm` costs ~1000 of `adam`).
-DEFAULT_STEPS = {"adam": 2000, "lbfgs": 500, "lm": 100, "distill": 10}
-DEFAULT_CHUNK_STEPS = {"adam": 250, "lbfgs": 100, "lm": 10, "distill": 5}
+# `construct` takes one step that leaves the constructed norms as they are (zero update).
+DEFAULT_STEPS = {"adam": 2000, "lbfgs": 500, "lm": 100, "distill": 10, "construct": 1}
+DEFAULT_CHUNK_STEPS = {"adam": 250, "lbfgs": 100, "lm": 10, "distill": 5, "construct": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +112,8 @@ class FitSpec:
   @property
   def evals(self) -> int:
     """Target evaluations per seed for fitting (the held-out set not counted)."""
+    if self.optimizer in ORACLES:
+      return 0
     return self.fit_size if self.optimizer in FULL_BATCH else self.batch_size * self.steps
 
   @property
@@ -155,6 +161,12 @@ def check_spec(spec: FitSpec) -> FitSpec:
     raise validate.ConfigError(
         f"optimizer=distill constructs affine norms from its student: it needs norm=affine and "
         f"init=standard, got norm={spec.norm}, init={spec.init}")
+  if spec.optimizer == "construct" and (spec.norm, spec.init, spec.input_distribution) != (
+      "affine", "standard", "ball"):
+    raise validate.ConfigError(
+        f"optimizer=construct is the exact construction on a ball: it needs norm=affine, "
+        f"init=standard and input_distribution=ball, got norm={spec.norm}, init={spec.init}, "
+        f"input_distribution={spec.input_distribution}")
   if spec.init == "linear" and spec.norm != "affine":
     raise validate.ConfigError(f"init=linear needs norm=affine, got norm={spec.norm}")
   if spec.init == "construct" and (spec.norm, spec.input_distribution) != ("affine", "ball"):
@@ -229,9 +241,11 @@ def problem(spec: FitSpec, fixed_target: bool = False):
       "distill": lambda: methods.Distill(restarts=spec.restarts,
                                          student_steps=spec.student_steps,
                                          gaussian_margin=GAUSSIAN_MARGIN),
+      "construct": lambda: methods.Optax(optax.set_to_zero()),
   }[spec.optimizer]()
+  init = "construct" if spec.optimizer == "construct" else spec.init
   start = {"standard": None, "linear": starts.LinearRegime(),
-           "construct": starts.Construct()}[spec.init]
+           "construct": starts.Construct()}[init]
   task = None if fixed_target else tasks.Regression(
       tasks.RandomMLP(spec.target_widths), inputs=spec.input_distribution, radius=spec.radius,
       eval_size=spec.eval_size, fit_size=spec.fit_size)

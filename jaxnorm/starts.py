@@ -18,7 +18,9 @@ rely on `NormMLP`'s layout (`dense_{k}/kernel`, `norm_{k}/scale|bias`) and on a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import time
 
 import jax
@@ -115,6 +117,11 @@ class LinearRegime:
     return run.map(start)(state)
 
 
+# The students of the last few `distill` starts (a few kB per seed each).
+_STUDENTS: collections.OrderedDict = collections.OrderedDict()
+_STUDENTS_KEPT = 4
+
+
 def distill(method, run, state):
   """`methods.Distill`'s start: students, then norms constructed from the best of each seed.
 
@@ -140,8 +147,23 @@ def distill(method, run, state):
                                    s.task["fit_y"], weight, method.restarts, method.student_steps)
 
   t0 = time.perf_counter()
-  layers, loss = run.map(students)(state)
-  loss = sharding.to_host(loss)
+  # The students depend on the seeds' data keys and fixed batches, not on the frozen network:
+  # fits of the same seeds at several widths share them (keyed by the bytes they are made of).
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(sharding.to_host((state.data_key, state.task))):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  plan = run.programs.plan
+  key = (tuple(widths), method.restarts, method.student_steps, digest.hexdigest(), hash(run.task),
+         tuple(d.id for d in run.mesh.devices.flat), plan.batching, plan.seed_chunk)
+  if key in _STUDENTS:
+    _STUDENTS.move_to_end(key)
+    layers, loss = _STUDENTS[key]
+  else:
+    layers, loss = run.map(students)(state)
+    loss = sharding.to_host(loss)
+    _STUDENTS[key] = (layers, loss)
+    while len(_STUDENTS) > _STUDENTS_KEPT:
+      _STUDENTS.popitem(last=False)
   t1 = time.perf_counter()
   data = None if run.task.inputs == "ball" else method.gaussian_margin * state.task["fit_x"]
   trainable = constructed_norms(run, state, layers, data)

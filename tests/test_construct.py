@@ -1,8 +1,10 @@
-"""Tests of the exact reconstruction (`jaxnorm.construct`) and its solver (`jaxnorm.krylov`)."""
+"""Tests of the exact reconstruction (`jaxnorm.construct`).
+
+Its problem generators (`Rng`, `make_problem`, `ball_and_sphere`, `rel_err`,
+`at_threshold`) are shared with tests/test_krylov.py and tests/test_construct_batch.py.
+"""
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,6 @@ import pytest
 from scipy import special
 
 from jaxnorm import construct
-from jaxnorm import construct_batch
 from jaxnorm import krylov
 from jaxnorm.models import NormMLP
 
@@ -298,59 +299,6 @@ def test_matches_the_flax_norm_mlp():
   y = rec.apply(x)
   np.testing.assert_allclose(model.apply({"params": params}, x), y, rtol=1e-5, atol=1e-5)
   assert rel_err(y, target, x) <= 1e-4
-
-
-def test_solve_min_norm_vmaps_over_seeds():
-  d_in, d_out, m, seeds = 4, 3, 24, 3
-  rng = Rng(19)
-  w_in = rng.normal((seeds, m, d_in), np.float32) * np.sqrt(2 / d_in)
-  w_out = rng.normal((seeds, d_out, m), np.float32) * np.sqrt(2 / m)
-  t = rng.normal((seeds, d_out, d_in), np.float32)
-  batched = jax.vmap(lambda a, b, c: krylov.solve_min_norm(a, b, c, tol=1e-6))(w_in, w_out, t)
-  assert batched.gamma.shape == (seeds, m)
-  for s in range(seeds):
-    one = krylov.solve_min_norm(w_in[s], w_out[s], t[s], tol=1e-6)
-    np.testing.assert_allclose(batched.gamma[s], one.gamma, atol=1e-5)
-    assert batched.residual[s] <= 1e-6 and batched.status[s] == krylov.CONVERGED
-    np.testing.assert_allclose(krylov.khatri_rao_matvec(w_in[s], w_out[s], one.gamma), t[s],
-                               atol=1e-5)
-    np.testing.assert_allclose(krylov.khatri_rao_rmatvec(w_in[s], w_out[s], t[s]),
-                               np.einsum("aj,jb,ab->j", w_out[s], w_in[s], t[s]), rtol=1e-5)
-
-
-def test_chunked_and_padded_product_is_the_same(monkeypatch):
-  """`K gamma` runs in chunks of columns, zero-padded to a multiple: same answer."""
-  rng = Rng(23)
-  w_in, w_out, t = (rng.normal(s, np.float32) for s in ((26, 2), (3, 26), (3, 2)))
-  monkeypatch.setattr(krylov, "_CHUNK_BYTES", 3 * 4 * 7)   # 7 columns a chunk: 4 chunks, 2 padded
-  assert krylov._chunk_size(26, 3, 4, krylov._CHUNK_BYTES) == 7
-  solve = functools.partial(krylov.solve_min_norm, tol=1e-6)
-  assert "length=4" in str(jax.make_jaxpr(solve)(w_in, w_out, t))   # the chunk scan
-  chunked = solve(w_in, w_out, t)
-  assert chunked.gamma.shape == (26,) and chunked.residual <= 1e-6
-  np.testing.assert_allclose(chunked.gamma, krylov.lstsq_min_norm(w_in, w_out, t)[0], atol=1e-5)
-  with pytest.raises(ValueError, match=r"need w_in \[m, d_in\]"):
-    krylov.solve_min_norm(w_in, w_out[:, :5], t)
-
-
-@pytest.mark.parametrize("mode", ["radius", "data"])
-def test_reconstruct_batch_matches_each_seed(mode):
-  seeds, dims = 3, (3, 4, 2)
-  widths = [2 * n for n in at_threshold(dims)]
-  problems = [make_problem(20 + s, dims, widths, np.float32) for s in range(seeds)]
-  target = [tuple(np.stack([p[0][i][j] for p in problems]) for j in range(2))
-            for i in range(len(widths))]
-  frozen = [np.stack([p[1][k] for p in problems]) for k in range(2 * len(widths))]
-  x = ball_and_sphere(21, 100, dims[0], 1.0, np.float32)
-  kwargs = dict(radius=1.0) if mode == "radius" else dict(data=x)
-  rec = construct_batch.reconstruct_batch(target, frozen, **kwargs)
-  y = rec.apply(x)
-  assert y.shape == (seeds, 200, dims[-1])
-  assert rec.blocks[0].residual.shape == (seeds,) and rec.blocks[0].exact.all()
-  for s, (t_s, _) in enumerate(problems):
-    assert rel_err(y[s], t_s, x) <= 1e-4
-  with pytest.raises(ValueError, match="leading seed axis"):
-    construct_batch.reconstruct_batch(problems[0][0], problems[0][1], radius=1.0)
 
 
 def test_zero_target_and_default_tolerances(x64):

@@ -1,6 +1,7 @@
 """Tests for jaxnorm.data."""
 
 import numpy as np
+import pytest
 
 from jaxnorm import data
 
@@ -18,3 +19,22 @@ def test_digits_split_is_fixed_stratified_and_standardised():
   std = a.x_train.std(0)
   assert np.all((np.abs(std - 1) < 1e-4) | (std == 0))
   assert data.as_images(a.x_test).shape == (450, 8, 8, 1)
+
+
+def test_without_scikit_learn_digits_says_what_to_install(monkeypatch):
+  import sys  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "sklearn", None)   # `import sklearn` now raises ImportError
+  monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+  with pytest.raises(ImportError, match=r"pip install 'jaxnorm\[experiments\]'"):
+    data.digits()
+
+
+def test_the_library_imports_no_experiment_only_package():
+  """`import jaxnorm` (every module) pulls in neither matplotlib nor scikit-learn."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("import pkgutil, importlib, sys, jaxnorm\n"
+          "for m in pkgutil.iter_modules(jaxnorm.__path__): importlib.import_module('jaxnorm.' + m.name)\n"
+          "print(sorted(k for k in ('matplotlib', 'sklearn') if k in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"

@@ -41,3 +41,22 @@ def test_design_references_point_to_existing_sections():
   assert set(cited) <= sections, {n: cited[n] for n in set(cited) - sections}
   assert "DESIGN.md" not in "".join(_read(os.path.relpath(p, ROOT)) for p in glob.glob(
       os.path.join(ROOT, "jaxnorm", "**", "*.py"), recursive=True))
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
+  lines = _read("README.md").splitlines()
+  assert lines[0] == "```sh" and lines[3] == "```"
+  install_and_run, install_and_test = lines[1], lines[2]
+  assert install_and_run.startswith("pip install -e '.[experiments]' && python -m experiments.")
+  assert install_and_test.startswith("pip install -e '.[test]' && python -m pytest")
+  assert _read(".ci/run").rstrip().splitlines()[-1] == install_and_test
+
+
+def test_every_experiment_has_its_entry_point_run_configs_and_test():
+  folders = [p for p in glob.glob(os.path.join(ROOT, "experiments", "*", ""))
+             if not os.path.basename(p.rstrip("/")).startswith("__")]
+  assert len(folders) >= 4
+  for folder in folders:
+    for name in ("__init__.py", "__main__.py", "experiment.py", "experiment_test.py",
+                 os.path.join("configs", "default.py")):
+      assert os.path.exists(os.path.join(folder, name)), (folder, name)

@@ -1,8 +1,10 @@
 """Tests for jaxnorm.sharding: the seed axis over several devices gives the one-device results.
 
-The multi-device checks run in a subprocess with
-`XLA_FLAGS=--xla_force_host_platform_device_count=4` (the device count is fixed
-when JAX starts), which prints its measurements as JSON.
+The four-device checks run `tests/four_devices.py` in a subprocess (the device
+count is fixed when JAX starts; it sets `jax_num_cpu_devices=4` first), which
+prints its measurements as JSON; the two-process check runs
+`python -m experiments.fit_target` twice with
+`XLA_FLAGS=--xla_force_host_platform_device_count=2`.
 """
 
 import json
@@ -10,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -20,62 +21,13 @@ from jaxnorm import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-FOUR_DEVICES = textwrap.dedent("""
-    import json, dataclasses
-    import jax, numpy as np
-    import jaxnorm
-    from jaxnorm import construct_batch, sharding
-    from jaxnorm.runs import fit_target
-    assert jax.device_count() == 4, jax.devices()
-    out = {}
-    spec = jaxnorm.FitSpec(target_widths=(3, 4, 2), hidden_widths=(12, 8), steps=20,
-                           chunk_steps=10, batch_size=16, eval_size=64)
-    for name, kwargs in (("one", dict(devices=1)), ("all", {}), ("chunked", dict(seed_chunk=1))):
-      r = jaxnorm.fit_seeds(spec, range(6), **kwargs)
-      out[name] = dict(rel_mse=r.rel_mse.tolist(), curve=r.loss_curve.tolist(),
-                       devices=r.devices, per_device=list(r.seeds_per_device),
-                       frozen=bool(r.frozen_unchanged), seeds=r.seed_ids.tolist(),
-                       gamma=np.asarray(r.params["norm_0"]["scale"]).tolist())
-    # batched reconstruction: 3 seeds over 4 devices (one padded) vs no mesh
-    key = jax.random.key(0)
-    ks = jax.random.split(key, 4)
-    target = [(jax.random.normal(ks[0], (3, 4, 3)), jax.random.normal(ks[1], (3, 4)))]
-    frozen = [jax.random.normal(ks[2], (3, 24, 3)), jax.random.normal(ks[3], (3, 4, 24))]
-    a = construct_batch.reconstruct_batch(target, frozen, radius=1.0)
-    b = construct_batch.reconstruct_batch(target, frozen, radius=1.0,
-                                          mesh=sharding.seed_mesh())
-    out["construct_gap"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-                               for x, y in zip(a.gammas + a.betas, b.gammas + b.betas))
-    out["construct_shapes"] = [list(np.shape(g)) for g in b.gammas]
-    config = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(1.0,), seeds=5,
-                               steps=10, chunk_steps=5, batch_size=16, eval_size=64)
-    # A user's NNX model with BatchNorm (per-seed statistics), 5 seeds, through jaxnorm.fit.
-    from flax import nnx
-    class User(nnx.Module):
-      def __init__(self, rngs):
-        self.a, self.bn = nnx.Linear(4, 16, rngs=rngs), nnx.BatchNorm(16, rngs=rngs)
-        self.b = nnx.Linear(16, 3, rngs=rngs)
-      def __call__(self, x):
-        return self.b(nnx.relu(self.bn(self.a(x))))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 4)).astype(np.float32)
-    task = jaxnorm.Classification(train=(x, (x[:, 0] > 0).astype(np.int32)),
-                                  test=(x, (x[:, 0] > 0).astype(np.int32)))
-    for name, kwargs in (("user_one", dict(devices=1)), ("user_all", {})):
-      r = jaxnorm.fit(lambda rngs: User(rngs), task, 5, steps=10, chunk_steps=5, batch_size=16,
-                      **kwargs)
-      out[name] = dict(curve=r.loss_curve.tolist(), acc=r.test_acc.tolist(),
-                       per_device=list(r.seeds_per_device), frozen=bool(r.frozen_unchanged),
-                       mean=np.asarray(r.batch_stats["bn"]["mean"]).tolist())
-    import sys
-    out["fit_target_devices"] = fit_target.run(config, sys.argv[1] + "/one_process")["devices"]
-    print("RESULT" + json.dumps(out))
-""")
 
-
-def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+def _env(devices=None):
+  """The subprocesses' environment; `devices`: CPU devices set by XLA_FLAGS (None: unset)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  if devices is not None:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +37,9 @@ def workdirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def four_devices(workdirs):
-  proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(workdirs)], cwd=ROOT,
-                        env=_env(4), capture_output=True, text=True, timeout=600)
+  # four_devices.main sets jax_num_cpu_devices=4 itself, before JAX starts.
+  proc = subprocess.run([sys.executable, "-m", "tests.four_devices", str(workdirs)], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
   return json.loads(line[len("RESULT"):])

@@ -32,3 +32,24 @@ def test_construct_start_is_exact_and_linear_start_keeps_scales():
 def test_starts_refuse_what_they_cannot_start(start, model, task, message):
   with pytest.raises(jaxnorm.ConfigError, match=message):
     engine.init_states(model, task, [0], start=start)
+
+
+def test_distill_students_are_made_once_for_the_same_seeds_at_several_widths():
+  from jaxnorm import starts  # pylint: disable=g-import-not-at-top
+  method = jaxnorm.Distill(restarts=2, student_steps=5)
+  task = jaxnorm.Regression(jaxnorm.RandomMLP((2, 3, 2)), eval_size=64, fit_size=32)
+  fit = lambda m: jaxnorm.fit(jaxnorm.NormMLP((2, m, 3, m, 2)), task, 2, optimizer=method,
+                              steps=2)
+  starts._STUDENTS.clear()
+  fit(12)
+  wide = fit(24)
+  assert len(starts._STUDENTS) == 1                       # the second fit reused the students
+  starts._STUDENTS.clear()
+  again = fit(24)                                         # made afresh: the same bits
+  np.testing.assert_array_equal(again.rel_mse, wide.rel_mse)
+  for k, v in again.params.items():
+    for name in v:
+      np.testing.assert_array_equal(v[name], wide.params[k][name])
+  other = jaxnorm.fit(jaxnorm.NormMLP((2, 24, 3, 24, 2)), task, 2, optimizer=method, steps=2,
+                      seed=1)
+  assert len(starts._STUDENTS) == 2 and not np.array_equal(other.rel_mse, wide.rel_mse)

@@ -38,17 +38,19 @@ from typing import Any, Optional, Sequence
 
 from absl import logging
 
+from experiments.config_flags import hparam
+
 from jaxnorm import checkpoint
 from jaxnorm import construct
 from jaxnorm import fitspec
 from jaxnorm import memory
 from jaxnorm import sharding
 from jaxnorm import validate
-from jaxnorm.runs import lifecycle
-from jaxnorm.runs import outputs
-from jaxnorm.runs import peak
-from jaxnorm.runs import plots
-from jaxnorm.runs import reconstruct_rows
+from experiments import lifecycle
+from experiments import outputs
+from experiments import peak
+from experiments import plots
+from experiments.reconstruct import rows as reconstruct_rows
 
 STUDIES = ("dense", "sparse", "scale", "gap")
 DEFAULT_DIMS = {"dense": (4, 8, 16), "sparse": (8, 16), "scale": (16, 32, 64, 128, 256),
@@ -60,34 +62,24 @@ GAP_METHODS = ("standard", "construct", "construction")   # Adam from either ini
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Settings of the `reconstruct` experiment.
+  """The `reconstruct` experiment: every hyperparameter, declared once (flags are generated
+  from these fields by `experiments.config_flags`; the named configs are in `configs/`)."""
 
-  Attributes:
-    study: one of `STUDIES`.
-    dims: block sizes d (d_in = d_out = d); empty = the study's default.
-    ratios: width ratios (dense, gap); empty = the study's default.
-    keep_probs: keep-probabilities p (sparse).
-    seeds: seeds per cell.
-    radius: inputs with ||x|| <= radius.
-    seed: base seed.
-    steps: gradient steps (gap).
-    learning_rate: Adam's peak learning rate (gap).
-    test_points: points for the relative error (half inside, half on the sphere).
-    devices: devices the gap study's Adam fits spread their seeds over (0:
-      every device); the other studies solve one block at a time.
-  """
-
-  study: str = "dense"
-  dims: Sequence[int] = ()
-  ratios: Sequence[float] = ()
-  keep_probs: Sequence[float] = (1.0, 0.5, 0.25, 0.125, 0.0625)
-  seeds: int = 8
-  radius: float = 1.0
-  seed: int = 0
-  steps: int = 2000
-  learning_rate: float = 1e-2
-  test_points: int = 2000
-  devices: int = 0
+  study: str = hparam("dense", "Study: dense | sparse | scale | gap.")
+  dims: tuple[int, ...] = hparam((), "Block sizes d, d_in = d_out = d (empty: the study's own).")
+  ratios: tuple[float, ...] = hparam(
+      (), "Width ratios m/(d_in d_out) (dense, gap; empty: the study's own).")
+  keep_probs: tuple[float, ...] = hparam((1.0, 0.5, 0.25, 0.125, 0.0625),
+                                         "Keep-probabilities p (sparse).")
+  seeds: int = hparam(8, "Seeds per cell.")
+  radius: float = hparam(1.0, "Inputs with ||x|| <= radius.")
+  seed: int = hparam(0, "Base random seed.")
+  steps: int = hparam(2000, "Gradient steps (gap).")
+  learning_rate: float = hparam(1e-2, "Adam's peak learning rate (gap).")
+  test_points: int = hparam(2000, "Points for the relative error (half inside the ball, half "
+                            "on the sphere).")
+  devices: int = hparam(0, "Devices the gap study's Adam fits spread their seeds over (0: "
+                        "every device); the other studies solve one block at a time.")
 
   def resolved(self) -> "Config":
     """The config with the study's defaults filled in (validated)."""

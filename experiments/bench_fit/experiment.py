@@ -38,19 +38,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 from absl import logging
+
+from experiments.config_flags import hparam
 
 from jaxnorm import checkpoint
 from jaxnorm import fitspec
 from jaxnorm import memory
 from jaxnorm import validate
-from jaxnorm.runs import lifecycle
-from jaxnorm.runs import outputs
-from jaxnorm.runs import peak as peak_lib
-from jaxnorm.runs import torch_peer
+from experiments import lifecycle
+from experiments import outputs
+from experiments import peak as peak_lib
+from experiments.bench_fit import torch_peer
 
 METHODS = ("vmap", "vmap_chunk", "loop", "lax_map", "torch", "torch_1t")
 # Goals the benchmark reports against: jaxnorm over the loop and over torch (first setting),
@@ -60,25 +62,16 @@ GOALS = {"vs_loop": 2.0, "vs_torch": 1.5, "peak_fraction": 0.4}
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-  """One problem size.
+  """One problem size (its fields are flags, prefixed as the `Config` field that holds it)."""
 
-  Attributes:
-    name: label in the results.
-    seeds: S, seeds fitted per method.
-    target_widths: target `[d_0, ..., d_l]`.
-    width: hidden width of every random block.
-    batch_size: inputs per step.
-    steps: optimizer steps per seed (timed).
-    seed_chunk: seeds per vmapped chunk of `vmap_chunk` (None: no such row).
-  """
-
-  name: str
-  seeds: int
-  target_widths: Sequence[int]
-  width: int
-  batch_size: int
-  steps: int
-  seed_chunk: Optional[int] = None
+  name: str = hparam(flag=False)
+  seeds: int = hparam(help="S, seeds fitted by every method.")
+  target_widths: tuple[int, ...] = hparam(help="Target widths d_0,...,d_l.")
+  width: int = hparam(help="Hidden width of every random block.")
+  batch_size: int = hparam(help="Inputs per step.")
+  steps: int = hparam(help="Timed optimizer steps per seed.")
+  seed_chunk: Optional[int] = hparam(
+      None, "Seeds per vmapped chunk of the vmap_chunk row (none or 0: no such row).")
 
 
 # Small: S=64 tiny networks, memory-bound. Large: matmuls [256 x 64] @ [64 x 2048] and back,
@@ -91,33 +84,34 @@ LARGE = Setting("large", seeds=4, target_widths=(64, 64, 64), width=2048, batch_
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Benchmark settings.
+  """The benchmark: every hyperparameter, declared once (flags are generated from these fields
+  by `experiments.config_flags`; the named configs are in `configs/`)."""
 
-  Attributes:
-    settings: the problem sizes, run one after the other.
-    chunk_steps: steps per compiled chunk.
-    methods: which of `METHODS` to run.
-    norm: normalization kind (the torch peer needs `"affine"`).
-    repeats: timed rounds per setting (best counts).
-    torch_threads: torch intra-op threads (None: the cores this process may
-      use, which is also the size of XLA's CPU thread pool).
-    peak_size: side of the square matrices of the peak measurement.
-  """
+  settings: tuple[str, ...] = hparam(("small", "large"), "Which settings run: small, large.")
+  small: Setting = hparam(SMALL, "The small setting (flags without prefix).")
+  large: Setting = hparam(LARGE, "The large setting (flags prefixed large_).", prefix="large_")
+  chunk_steps: int = hparam(100, "Steps per compiled chunk.")
+  methods: tuple[str, ...] = hparam(METHODS, "Any of " + ", ".join(METHODS) + ".")
+  norm: str = hparam("affine", "affine | batchnorm | layernorm (the torch peer: affine).")
+  repeats: int = hparam(3, "Timed rounds per setting (the best counts).")
+  torch_threads: int = hparam(0, "torch intra-op threads (0: the cores this process may use, "
+                              "the size of XLA's CPU thread pool too).")
+  peak_size: int = hparam(2048, "Side of the square matrices of the matmul peak measurement.")
 
-  settings: Sequence[Setting] = (SMALL, LARGE)
-  chunk_steps: int = 100
-  methods: Sequence[str] = METHODS
-  norm: str = "affine"
-  repeats: int = 3
-  torch_threads: Optional[int] = None
-  peak_size: int = 2048
+  def selected(self) -> tuple[Setting, ...]:
+    """The settings that run, in the order `settings` names them."""
+    by_name = {"small": self.small, "large": self.large}
+    for name in self.settings:
+      validate.one_of("setting", name, tuple(by_name))
+    return tuple(dataclasses.replace(by_name[n], name=n, seed_chunk=by_name[n].seed_chunk or None)
+                 for n in self.settings)
 
 
 def spec(config: Config, setting: Setting) -> fitspec.FitSpec:
   """Validates `setting` (within `config`) and returns the spec every method fits."""
   for name in ("seeds", "width", "batch_size", "steps"):
     validate.positive_int(f"{setting.name} {name}", getattr(setting, name))
-  if setting.seed_chunk is not None:
+  if setting.seed_chunk:
     validate.positive_int(f"{setting.name} seed_chunk", setting.seed_chunk)
   widths = validate.positive_ints(f"{setting.name} target_widths", setting.target_widths,
                                   min_len=2)
@@ -138,16 +132,15 @@ def check_config(config: Config) -> list[fitspec.FitSpec]:
   for m in config.methods:
     validate.one_of("method", m, METHODS)
   if not config.settings:
-    raise validate.ConfigError("need at least one setting")
-  names = [s.name for s in config.settings]
+    raise validate.ConfigError("--settings needs at least one of small, large")
+  names = list(config.settings)
   if len(set(names)) != len(names):
     raise validate.ConfigError(f"setting names must differ, got {names}")
   validate.positive_int("chunk_steps", config.chunk_steps)
   validate.positive_int("repeats", config.repeats)
   validate.positive_int("peak_size", config.peak_size)
-  if config.torch_threads is not None:
-    validate.positive_int("torch_threads", config.torch_threads)
-  return [spec(config, s) for s in config.settings]
+  validate.non_negative_int("torch_threads", config.torch_threads)
+  return [spec(config, s) for s in config.selected()]
 
 
 def flops_per_step(s: fitspec.FitSpec) -> float:
@@ -324,7 +317,7 @@ def run(config: Config, workdir: str,
   """
   specs = check_config(config)
   memory.check(max(fitspec.estimate_bytes(s, setting.seeds, setting.seed_chunk or None)
-                   for setting, s in zip(config.settings, specs)), "bench_fit")
+                   for setting, s in zip(config.selected(), specs)), "bench_fit")
   run_ = lifecycle.Run(workdir, dataclasses.asdict(config), control)
   if run_.finished is not None:
     return dict(run_.finished, already_complete=True)
@@ -335,7 +328,7 @@ def run(config: Config, workdir: str,
   start = time.perf_counter()
   settings = {}
   try:
-    for unit, (setting, s) in enumerate(zip(config.settings, specs)):
+    for unit, (setting, s) in enumerate(zip(config.selected(), specs)):
       if unit < len(run_.records):
         settings[setting.name] = run_.records[unit]
         continue

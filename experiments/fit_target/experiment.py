@@ -29,67 +29,76 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from absl import logging
 
+from experiments.config_flags import hparam
+
 from jaxnorm import checkpoint
 from jaxnorm import domain
 from jaxnorm import fitspec
 from jaxnorm import memory
 from jaxnorm import sharding
 from jaxnorm import validate
-from jaxnorm.runs import lifecycle
-from jaxnorm.runs import outputs
-from jaxnorm.runs import plots
+from experiments import lifecycle
+from experiments import outputs
+from experiments import plots
 
-TABLE_COLUMNS = ("optimizer", "width", "ratio", "trainable", "target", "evals", "rel_mse_med",
-                 "q25", "q75", "diverged")
+TABLE_COLUMNS = ("optimizer", "access", "width", "ratio", "trainable", "target", "evals",
+                 "rel_mse_med", "q25", "q75", "diverged")
+# What each method may see of the target: its outputs on inputs the method picks, or its weights.
+ACCESS = {name: "weights" if name in fitspec.ORACLES else "black box"
+          for name in fitspec.OPTIMIZERS}
+# Relative MSE of rounding every output once to float32 (unit round-off u = 2^-24, u^2/3):
+# the floor of what a float32 network can reach, whatever its norms.
+FLOAT32_FLOOR = 2.0 ** -48 / 3
+METHODS = {
+    "adam": "gradient descent on the norms (Adam, cosine decay, fresh inputs every step).",
+    "lbfgs": "L-BFGS on the norms, on a fixed batch of fit_size inputs.",
+    "lm": "Levenberg-Marquardt on the norms, on a fixed batch of fit_size inputs.",
+    "distill": "fit a student of the target's shape to fit_size evaluations, construct the "
+               "norms from it, polish with Levenberg-Marquardt.",
+    "construct": "the exact construction from the target's own weights (least squares below "
+                 "ratio 1): what tuning only the norms can reach.",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Defaults of the `fit_target` experiment (the absl flags mirror these).
+  """The `fit_target` experiment: every hyperparameter, declared once (flags are generated
+  from these fields by `experiments.config_flags`; the named configs are in `configs/`)."""
 
-  Attributes:
-    target_widths: `[d_0, ..., d_l]` of the random target networks.
-    width_multipliers: hidden width of every random block as a multiple of
-      `d_in * d_out` of the target layer it emulates; one fit per multiplier.
-    widths: explicit hidden widths instead (each applies to every block); when
-      non-empty it replaces `width_multipliers`.
-    seeds: independent seeds (frozen network + target) fitted per width.
-    optimizers: the fitting methods to compare, each on every width and seed
-      (`jaxnorm.fitspec.OPTIMIZERS`, or `("all",)` for every one).
-    steps, chunk_steps: as in `jaxnorm.FitSpec`; `None` takes each
-      optimizer's default (`jaxnorm.fitspec.DEFAULT_STEPS`).
-    batch_size, learning_rate, schedule, norm, radius, input_distribution,
-    eval_size, seed, fit_size, restarts, student_steps: as in `jaxnorm.FitSpec`.
-    sparsity: keep-probability `p` of the frozen weights (1 = dense).
-    init: `"standard"`, `"linear"` or `"construct"` (see `jaxnorm.FitSpec`;
-      `distill` needs `"standard"`).
-    devices: devices to spread the seeds over (0: every device).
-    seed_chunk: seeds per vmapped chunk on each device, `lax.map` over the
-      chunks (0: one `vmap` over all of them).
-  """
-
-  target_widths: Sequence[int] = (8, 8, 8)
-  width_multipliers: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
-  widths: Sequence[int] = ()
-  seeds: int = 8
-  optimizers: Sequence[str] = ("adam",)
-  steps: Optional[int] = None
-  chunk_steps: Optional[int] = None
-  batch_size: int = 256
-  learning_rate: float = 1e-2
-  schedule: str = "cosine"
-  norm: str = "affine"
-  sparsity: float = 1.0
-  radius: float = 1.0
-  input_distribution: str = "ball"
-  eval_size: int = 4096
-  seed: int = 0
-  init: str = "standard"
-  fit_size: int = 512
-  restarts: int = 16
-  student_steps: int = 100
-  devices: int = 0
-  seed_chunk: int = 0
+  target_widths: tuple[int, ...] = hparam(
+      (8, 8, 8), "Widths d_0,...,d_l (input, hidden..., output) of the random target networks.")
+  width_multipliers: tuple[float, ...] = hparam(
+      (0.5, 1.0, 2.0, 4.0), "Hidden width of each random block as a multiple of "
+      "d_in*d_out of the target layer it emulates (the width ratio); one fit per value.")
+  widths: tuple[int, ...] = hparam(
+      (), "Explicit hidden widths instead of --width_multipliers (each applies to every block).")
+  seeds: int = hparam(8, "Seeds (frozen network + target) fitted at once per width.")
+  optimizers: tuple[str, ...] = hparam(
+      ("adam", "distill", "construct"), "Fitting methods side by side, each on every width and "
+      "seed: adam | lbfgs | lm | distill | construct (the exact construction from the "
+      "target's weights: the oracle reference), or all.", aliases=("optimizer",))
+  steps: Optional[int] = hparam(
+      None, "Optimizer steps (none: per optimizer, adam 2000, lbfgs 500, lm 100, distill 10).")
+  chunk_steps: Optional[int] = hparam(
+      None, "Steps per compiled chunk; progress is reported in between (none: per optimizer).")
+  batch_size: int = hparam(256, "Fresh inputs per step (adam).")
+  learning_rate: float = hparam(1e-2, "Peak learning rate (adam).")
+  schedule: str = hparam("cosine", "Learning-rate schedule (adam): constant | cosine.")
+  norm: str = hparam("affine", "Norm layers of the frozen network: affine | batchnorm | "
+                     "layernorm (distill and construct need affine).")
+  sparsity: float = hparam(1.0, "Keep-probability p of each frozen weight, in (0, 1].")
+  radius: float = hparam(1.0, "Radius of the input domain.")
+  input_distribution: str = hparam("ball", "Inputs: ball | gaussian.")
+  eval_size: int = hparam(4096, "Held-out inputs per seed.")
+  seed: int = hparam(0, "Base random seed; seed s uses fold_in(key(seed), s).")
+  init: str = hparam("standard", "Start of the norms: standard | linear (wide units in their "
+                     "linear regime) | construct (oracle: the exact reconstruction).")
+  fit_size: int = hparam(512, "Fixed inputs (target evaluations) of lbfgs, lm and distill.")
+  restarts: int = hparam(16, "Random students per seed (distill).")
+  student_steps: int = hparam(100, "Levenberg-Marquardt steps on each student (distill).")
+  devices: int = hparam(0, "Devices to spread the seeds over (0: every device of the job).")
+  seed_chunk: int = hparam(0, "Seeds per vmapped chunk on each device, lax.map over chunks "
+                           "(0: one vmap over all).")
 
 
 def optimizers(config: Config) -> tuple[str, ...]:
@@ -153,17 +162,19 @@ def specs(config: Config) -> list[fitspec.FitSpec]:
   validate.probability("sparsity (keep probability p)", config.sparsity)
   validate.one_of("input distribution", config.input_distribution, domain.INPUT_DISTRIBUTIONS)
   names = optimizers(config)
+  # The hyperparameters a FitSpec shares with the config, by name.
+  shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(fitspec.FitSpec)
+            if f.name not in ("target_widths", "chunk_steps") and hasattr(config, f.name)}
   out = []
   for hidden in hidden_widths(config):
     for name in names:
       spec = fitspec.FitSpec(
-          target_widths=tuple(config.target_widths), hidden_widths=hidden, norm=config.norm,
-          keep_prob=config.sparsity, steps=config.steps, optimizer=name,
-          batch_size=config.batch_size, learning_rate=config.learning_rate,
-          schedule=config.schedule, input_distribution=config.input_distribution,
-          radius=config.radius, eval_size=config.eval_size, seed=config.seed, init=config.init,
-          fit_size=config.fit_size, restarts=config.restarts, student_steps=config.student_steps)
-      chunk = spec.chunk_steps if config.chunk_steps is None else config.chunk_steps
+          target_widths=tuple(config.target_widths), hidden_widths=hidden,
+          keep_prob=config.sparsity, optimizer=name, chunk_steps=None, **shared)
+      if name in fitspec.ORACLES:   # not fitted: its one step leaves the construction as it is
+        spec = dataclasses.replace(spec, steps=fitspec.DEFAULT_STEPS[name])
+      chunk = spec.chunk_steps if config.chunk_steps is None or name in fitspec.ORACLES else (
+          config.chunk_steps)
       if isinstance(chunk, int) and isinstance(spec.steps, int):
         chunk = min(chunk, spec.steps)
       out.append(fitspec.check_spec(dataclasses.replace(spec, chunk_steps=chunk)))
@@ -189,10 +200,21 @@ def _row(spec: fitspec.FitSpec, result: fitspec.FitResult) -> dict[str, Any]:
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-  """The results table printed at the end of a run."""
+  """The results table printed at the end of a run, with a legend of its columns."""
   keys = ("optimizer", "width", "width_ratio", "trainable_params", "target_params", "evals",
           "rel_mse_median", "rel_mse_q25", "rel_mse_q75", "diverged")
-  return outputs.format_table(TABLE_COLUMNS, [[r[k] for k in keys] for r in rows])
+  body = [[r["optimizer"], ACCESS[r["optimizer"]]] + [r[k] for k in keys[1:]] for r in rows]
+  legend = [
+      "rel_mse_med, q25, q75: held-out relative MSE over the seeds (median, quartiles); 1 is "
+      "predicting 0.",
+      "ratio: width m of each random block / (d_in d_out) of its target layer; from ratio 1 an "
+      "exact solution exists.",
+      f"float32 floor: ~{FLOAT32_FLOOR:.1e} (rounding each output once); trainable: norm "
+      "entries tuned; target: the target's weights and biases.",
+      "access: black box = the method only evaluates the target (evals times per seed); "
+      "weights = the exact construction reads the target's weights (the reference)."]
+  legend += [f"{name}: {METHODS[name]}" for name in dict.fromkeys(r["optimizer"] for r in rows)]
+  return outputs.format_table(TABLE_COLUMNS, body) + "\n" + "\n".join(legend)
 
 
 def run(config: Config, workdir: str,
@@ -279,10 +301,13 @@ def _plot(config: Config, rows: Sequence[dict[str, Any]], path: str) -> None:
   series = {}
   for name in dict.fromkeys(r["optimizer"] for r in rows):
     ordered = sorted((r for r in rows if r["optimizer"] == name), key=lambda r: r["width_ratio"])
-    label = f"{name} ({ordered[0]['evals']} evals/seed)"
+    label = (f"{name} (black box, {ordered[0]['evals']} evals/seed)" if ACCESS[name] ==
+             "black box" else f"{name} (oracle: reads the target's weights)")
     series[label] = tuple([r[k] for r in ordered] for k in (
         "width_ratio", "rel_mse_median", "rel_mse_q25", "rel_mse_q75"))
   plots.median_band(
       path, series, xlabel="width ratio m / (d_in d_out)", ylabel="held-out relative MSE",
       title=(f"target {list(config.target_widths)}, norm={config.norm}, p={config.sparsity:g}, "
-             f"init={config.init}, {config.seeds} seeds"))
+             f"init={config.init}, {config.seeds} seeds"),
+      xmarks={1.0: "ratio 1: an exact solution exists"},
+      ymarks={FLOAT32_FLOOR: "float32 floor (output rounding)"})

@@ -11,10 +11,10 @@ import pytest
 import jaxnorm
 from jaxnorm import checkpoint
 from jaxnorm import memory
-from jaxnorm.runs import reconstruct
-from jaxnorm.runs import reconstruct_rows
+from experiments.reconstruct import experiment as reconstruct
+from experiments.reconstruct import rows as reconstruct_rows
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUIRED = {"study", "d", "p", "width", "width_ratio", "rel_error", "success", "solver"}
 DENSE = reconstruct.Config(study="dense", dims=(3,), ratios=(0.5, 0.9, 1.0, 2.0), seeds=2,
                            test_points=200)
@@ -178,7 +178,7 @@ def _cli(*args):
 
 @pytest.mark.parametrize("flags,line", [
     (["--study=nope"], "error: unknown study 'nope'; expected one of dense, sparse, scale, gap"),
-    (["--dims=3,x"], "error: expected integers, got ['3', 'x']"),
+    (["--dims=3,x"], "error: --dims must be an integer, got 'x'"),
     (["--study=gap", "--dims=4,8"], "error: the gap study takes one d (target d,d,d), got [4, 8]"),
     (["--study=scale", "--dims=10000"], "error: the scale study needs about"),
 ])

@@ -11,8 +11,8 @@ import jaxnorm
 from jaxnorm import checkpoint
 from jaxnorm import domain
 from jaxnorm import fitspec
-from jaxnorm.runs import bench_fit
-from jaxnorm.runs import torch_peer
+from experiments.bench_fit import experiment as bench_fit
+from experiments.bench_fit import torch_peer
 
 # Both tiny settings have the same sizes, so that every method's programs compile once; one
 # step per chunk, so that the loss curve holds every step's loss.
@@ -22,7 +22,8 @@ RATIOS = {"vs_loop", "vs_lax_map", "vs_torch", "peak_fraction"}
 
 
 def _tiny(**kw):
-  return bench_fit.Config(**{**dict(settings=TINY, chunk_steps=1, repeats=1, peak_size=64), **kw})
+  return bench_fit.Config(**{**dict(small=TINY[0], large=TINY[1], chunk_steps=1, repeats=1,
+                                    peak_size=64), **kw})
 
 
 def test_bench_end_to_end(tmp_path):
@@ -71,8 +72,8 @@ def test_rows_ratios_and_goals(tmp_path, monkeypatch):
   monkeypatch.setattr(bench_fit.peak_lib, "matmul_peak_gflops", lambda n, repeats: 100.0)
   monkeypatch.setattr(torch_peer, "version", lambda: "stand-in")
   monkeypatch.setattr(torch_peer, "matmul_peak_gflops", lambda n, threads: 90.0)
-  settings = (dataclasses.replace(TINY[0], seeds=4, seed_chunk=2), TINY[1])
-  results = bench_fit.run(_tiny(settings=settings, repeats=2), str(tmp_path))
+  small = dataclasses.replace(TINY[0], seeds=4, seed_chunk=2)
+  results = bench_fit.run(_tiny(small=small, repeats=2), str(tmp_path))
   small, large = results["settings"]["small"], results["settings"]["large"]
   assert [r["method"] for r in small["rows"]] == list(bench_fit.METHODS)
   assert small["jaxnorm_method"] == "vmap_chunk" and large["jaxnorm_method"] == "vmap"
@@ -102,8 +103,12 @@ def test_flops():
     (dict(methods=()), "at least one method"),
     (dict(repeats=0), "repeats"),
     (dict(norm="layernorm"), "torch peer needs norm=affine"),
-    (dict(settings=(bench_fit.SMALL, bench_fit.SMALL)), "names must differ"),
-    (dict(settings=(bench_fit.Setting("x", 0, (2, 2), 4, 4, 4),)), "x seeds"),
+    (dict(settings=("small", "small")), "names must differ"),
+    (dict(settings=()), "at least one of small, large"),
+    (dict(settings=("medium",)), "medium"),
+    (dict(small=bench_fit.Setting("x", 0, (2, 2), 4, 4, 4)), "small seeds"),
+    (dict(large=dataclasses.replace(bench_fit.LARGE, seed_chunk=-1)), "large seed_chunk"),
+    (dict(torch_threads=-1), "torch_threads"),
 ])
 def test_bad_config(kw, match):
   with pytest.raises(jaxnorm.ConfigError, match=match):

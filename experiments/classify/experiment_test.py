@@ -10,9 +10,9 @@ import pytest
 
 from jaxnorm import checkpoint
 from jaxnorm import memory
-from jaxnorm.runs import classify
+from experiments.classify import experiment as classify
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Six (cell, mode) units of two chunks each.
 TINY = classify.Config(mlp_depths=(1,), mlp_widths=(8,), keep_probs=(1.0, 0.5), conv_depths=(1,),
                        conv_channels=(2,), modes=("norm", "random_subset"), seeds=2, steps=6,

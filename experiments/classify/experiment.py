@@ -27,15 +27,17 @@ from typing import Any, Optional, Sequence
 
 from absl import logging
 
+from experiments.config_flags import hparam
+
 from jaxnorm import checkpoint
 from jaxnorm import classify
 from jaxnorm import data
 from jaxnorm import memory
 from jaxnorm import sharding
 from jaxnorm import validate
-from jaxnorm.runs import lifecycle
-from jaxnorm.runs import outputs
-from jaxnorm.runs import plots
+from experiments import lifecycle
+from experiments import outputs
+from experiments import plots
 
 COLUMNS = ("model", "mode", "depth", "width", "p", "trainable_params", "test_acc_mean",
            "test_acc_std", "train_acc_mean", "seconds")
@@ -43,45 +45,34 @@ COLUMNS = ("model", "mode", "depth", "width", "p", "trainable_params", "test_acc
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Settings of the `classify` experiment.
+  """The `classify` experiment: every hyperparameter, declared once (flags are generated from
+  these fields by `experiments.config_flags`; the named configs are in `configs/`).
 
   The MLP cells are the union of a depth sweep (`mlp_depths` at the first
   width), a width sweep (`mlp_widths` at the first depth) and a sparsity sweep
   (`keep_probs` at the first depth and width); the conv cells are
   `conv_depths` x `conv_channels`.
-
-  Attributes:
-    mlp_depths: hidden layers of the MLPs.
-    mlp_widths: hidden widths of the MLPs.
-    keep_probs: keep-probabilities p of the frozen weights (MLP).
-    conv_depths: convolution blocks of the conv nets (empty: no conv).
-    conv_channels: channels of the conv nets.
-    modes: training modes (subset of `classify.MODES`).
-    norm: normalization kind.
-    seeds: seeds per cell and mode.
-    steps: Adam steps.
-    chunk_steps: steps per compiled chunk; the training state is checkpointed
-      after every chunk.
-    batch_size: examples per step.
-    learning_rate: Adam's peak learning rate (cosine decay).
-    seed: base seed (the data split is fixed).
-    devices: devices to spread the seeds over (0: every device).
   """
 
-  mlp_depths: Sequence[int] = (1, 2, 3)
-  mlp_widths: Sequence[int] = (64, 256, 512)
-  keep_probs: Sequence[float] = (1.0, 0.25)
-  conv_depths: Sequence[int] = (2,)
-  conv_channels: Sequence[int] = (16,)
-  modes: Sequence[str] = classify.MODES
-  norm: str = "batchnorm"
-  seeds: int = 4
-  steps: int = 600
-  chunk_steps: int = 300
-  batch_size: int = 128
-  learning_rate: float = 3e-3
-  seed: int = 0
-  devices: int = 0
+  mlp_depths: tuple[int, ...] = hparam(
+      (1, 2, 3), "Hidden layers of the MLPs (depth sweep at the first width).")
+  mlp_widths: tuple[int, ...] = hparam(
+      (64, 256, 512), "Hidden widths of the MLPs (width sweep at the first depth).")
+  keep_probs: tuple[float, ...] = hparam((1.0, 0.25),
+                                         "Keep-probabilities p of the frozen MLP weights.")
+  conv_depths: tuple[int, ...] = hparam(
+      (2,), "Convolution blocks of the conv nets (empty: no conv net).")
+  conv_channels: tuple[int, ...] = hparam((16,), "Channels of the conv nets.")
+  modes: tuple[str, ...] = hparam(
+      classify.MODES, "Training modes: norm, output, random_subset, norm_output, full.")
+  norm: str = hparam("batchnorm", "Normalization kind: batchnorm | affine | layernorm.")
+  seeds: int = hparam(4, "Seeds per cell and mode, trained at once.")
+  steps: int = hparam(600, "Adam steps.")
+  chunk_steps: int = hparam(300, "Steps per compiled chunk (a checkpoint is saved after each).")
+  batch_size: int = hparam(128, "Examples per step.")
+  learning_rate: float = hparam(3e-3, "Adam's peak learning rate (cosine decay).")
+  seed: int = hparam(0, "Base random seed (the data split is fixed).")
+  devices: int = hparam(0, "Devices to spread the seeds over (0: every device of the job).")
 
 
 def cells(config: Config) -> list[classify.ClassifySpec]:

@@ -4,15 +4,16 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from jaxnorm import checkpoint
-from jaxnorm.runs import fit_target
+from experiments.fit_target import experiment as fit_target
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(0.5, 1.0), seeds=2,
                          steps=30, chunk_steps=15, batch_size=16, eval_size=64,
                          optimizers=("adam", "lm"), fit_size=32)
@@ -85,10 +86,17 @@ def _cli(*args, cwd=ROOT):
 def test_cli_end_to_end(tmp_path):
   proc = _cli(f"--workdir={tmp_path}", "--target_widths=3,4,2", "--width_multipliers=1",
               "--seeds=2", "--steps=20", "--chunk_steps=10", "--batch_size=16",
-              "--eval_size=64")
+              "--eval_size=64", "--fit_size=32", "--restarts=2", "--student_steps=5")
   assert proc.returncode == 0, proc.stderr
   assert "rel_mse_med" in proc.stdout and "chunk 2/2" in proc.stderr
-  assert " adam " in proc.stdout
+  # The main job's three methods side by side, each said to be black box or oracle.
+  rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()
+          if line.split()[:1] in (["adam"], ["distill"], ["construct"])}
+  assert rows == {"adam": "black", "distill": "black", "construct": "weights"}
+  assert "float32 floor" in proc.stdout and f"wrote into {tmp_path}: results.json" in proc.stdout
+  # Plain progress lines (time, message): no absl prefix, no backend noise.
+  assert all(re.match(r"\d\d:\d\d:\d\d  ", l) for l in proc.stderr.splitlines()), proc.stderr
+  assert "Unable to initialize backend" not in proc.stderr
   assert json.loads((tmp_path / "results.json").read_text())["frozen_unchanged"] is True
 
 
@@ -104,7 +112,6 @@ BAD_FLAGS = [
     (["--widths=5", "--width_multipliers=1"], "not both"),
     (["--optimizer=sgd"], "unknown optimizer 'sgd'"),
     (["--optimizers=adam,foo"], "unknown optimizer 'foo'"),
-    (["--optimizer=lm", "--optimizers=adam"], "not both"),
     (["--optimizer=lm", "--fit_size=0"], "fit_size"),
     (["--optimizer=distill", "--init=linear"], "init=standard"),
     (["--init=linear", "--norm=layernorm"], "init=linear"),
@@ -187,7 +194,8 @@ def test_another_config_in_the_workdir_is_refused_untouched(tmp_path, monkeypatc
 
 def test_cli_preempted_then_resumed_then_complete(tmp_path):
   flags = (f"--workdir={tmp_path}", "--target_widths=3,4,2", "--width_multipliers=1",
-           "--seeds=2", "--steps=20", "--chunk_steps=10", "--batch_size=16", "--eval_size=64")
+           "--seeds=2", "--steps=20", "--chunk_steps=10", "--batch_size=16", "--eval_size=64",
+           "--optimizer=adam")
   proc = _cli(*flags, "--stop_after_chunks=1")
   assert proc.returncode == 3, proc.stderr
   assert "preempted: stopped after 1 chunks" in proc.stderr and "Traceback" not in proc.stderr
@@ -197,3 +205,12 @@ def test_cli_preempted_then_resumed_then_complete(tmp_path):
   assert "chunk 1/2" not in proc.stderr.replace("resumed after chunk 1/2", "")
   proc = _cli(*flags)
   assert proc.returncode == 0 and "already holds this complete run" in proc.stdout
+
+
+@pytest.mark.parametrize("content", ['{"earlier": "run"}\n', "not json", "[]"])
+def test_a_results_json_of_another_run_is_refused_untouched(tmp_path, content):
+  (tmp_path / "results.json").write_text(content)
+  with pytest.raises(fit_target.validate.ConfigError, match="not a complete run of this config"):
+    fit_target.run(TINY, str(tmp_path))
+  assert os.listdir(tmp_path) == ["results.json"]
+  assert (tmp_path / "results.json").read_text() == content

@@ -26,7 +26,7 @@ import jax
 
 from jaxnorm import checkpoint
 from jaxnorm import validate
-from jaxnorm.runs import outputs
+from experiments import outputs
 
 CONFIG = "config.json"
 RESULTS = "results.json"
@@ -74,8 +74,16 @@ class Run:
     self.finished: Optional[dict[str, Any]] = None
     self.timings: dict[str, Any] = {}
     if not control.overwrite and os.path.exists(results_path):
-      with open(results_path) as f:
-        self.finished = json.load(f)
+      try:
+        with open(results_path) as f:
+          self.finished = json.load(f)
+      except ValueError:
+        self.finished = None
+      if not isinstance(self.finished, dict) or as_json(self.finished.get("config")) != (
+          self.config):
+        raise validate.ConfigError(
+            f"workdir {self.workdir} holds a results.json that is not a complete run of this "
+            f"config; pass --overwrite to replace it, or use another workdir")
       if os.path.exists(self.path(TIMINGS)):
         with open(self.path(TIMINGS)) as f:
           self.timings = json.load(f)
