@@ -12,12 +12,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("experiment,own_flag", [("fit_target", "--seeds"), ("classify", "--modes"),
                                                  ("reconstruct", "--study"),
                                                  ("bench_fit", "--repeats")])
-def test_helpshort_exits_0_with_own_and_run_control_flags(experiment, own_flag):
+def test_helpshort_exits_0_with_own_and_run_control_flags(experiment, own_flag, tmp_path):
+  """From a directory outside the repository: the installed package finds the experiments."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   proc = subprocess.run([sys.executable, "-m", f"experiments.{experiment}", "--helpshort"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = proc.stdout
   assert f"python -m experiments.{experiment}" in out   # the docstring with its commands
-  assert f"  {own_flag}:" in out
+  assert f"  {own_flag}:" in out and "  --config:" in out and "  --workdir:" in out
   for shared in ("--checkpoint_every", "--stop_after_chunks", "--[no]overwrite", "--[no]distributed"):
     assert shared in out, shared

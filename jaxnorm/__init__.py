@@ -5,7 +5,7 @@ Flax model, linen or NNX, fitted to a `Regression` target or data set or a
 `Classification` data set, one network per seed, all seeds in one compiled
 program split over every device; methods as objects (`Optax`, `LBFGS`,
 `LevenbergMarquardt`, `Distill`) and start phases (`LinearRegime`,
-`Construct`). Models (`NormMLP`, `NormConvNet`, `TargetMLP`), the freezing
+`Construct`). Models (`NormMLP`, `NormConvNet`, `ShiftConv`, `TargetMLP`), the freezing
 guarantee (`norm_mask`, `norm_filter`, `norm_only`, `partition`, `combine`),
 the `fit_target` experiment's fits (`FitSpec`, `fit_seeds`, `seed_mesh`), checkpoints that let a fit resume (`Checkpoints`, `FitSlot`,
 `Control`), second-order and distillation fitting (`lm_fit`, `fit_student`,
@@ -49,6 +49,7 @@ from jaxnorm.models import NORM_KINDS
 from jaxnorm.models import Affine
 from jaxnorm.models import NormConvNet
 from jaxnorm.models import NormMLP
+from jaxnorm.models import ShiftConv
 from jaxnorm.models import TargetMLP
 from jaxnorm.models import apply_target
 from jaxnorm.models import init_target
