@@ -55,7 +55,19 @@ def run_app(main: Callable[[list[str]], None]) -> None:
       if key in by_module:
         print(f"{title}:\n{flags.FLAGS.module_help(key).split(chr(10), 1)[1]}\n")
     sys.exit(0)
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a bad command line (unknown flag, bad value, missing required
+  flag, stray argument) is one line and exit code 2, as for every other bad input."""
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0])
+  if len(rest) > 1:
+    fail(f"unexpected arguments: {' '.join(rest[1:])} (flags are written --name=value)")
+  return rest
 
 
 def _not_noise(record) -> bool:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import fcntl
 import shutil
+import socket
 from typing import Any, Optional
 
 import jax
@@ -32,6 +34,53 @@ CONFIG = "config.json"
 RESULTS = "results.json"
 TIMINGS = "timings.json"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir, held while a run uses it (one writer per workdir).
+
+  `fcntl.flock` on `workdir/.lock`, which holds the holder's pid and host. The
+  kernel drops the lock when its holder exits, however it exits (a killed run
+  leaves no live lock, only the file, which the next run takes over). A released
+  lock removes its file (while still holding it; a process that opened the old
+  file meanwhile sees it was replaced and reports the workdir busy).
+
+  Args:
+    workdir: the run's directory (created if missing).
+
+  Raises:
+    validate.ConfigError: another live process holds the lock.
+  """
+
+  def __init__(self, workdir: str):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, LOCK)
+    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      if os.stat(self.path).st_ino != os.fstat(self._fd).st_ino:   # released and removed
+        raise BlockingIOError
+    except OSError:
+      holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "another process"
+      os.close(self._fd)
+      self._fd = None
+      raise validate.ConfigError(
+          f"workdir {workdir} is in use by a live run ({holder}); wait for it to end, or use "
+          f"another workdir") from None
+    os.ftruncate(self._fd, 0)
+    os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+
+  def release(self) -> None:
+    """Removes the lock file and releases the lock (idempotent)."""
+    if self._fd is not None:
+      try:
+        os.unlink(self.path)
+      except FileNotFoundError:
+        pass
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
 
 
 def as_json(obj: Any) -> Any:
@@ -63,6 +112,19 @@ class Run:
     checkpoint.check_control(control)
     self.config = as_json(config)
     self.writer = jax.process_index() == 0
+    # Process 0 writes, so it holds the lock, for the whole run (before --overwrite deletes).
+    self._lock = WorkdirLock(self.workdir) if self.writer else None
+    try:
+      self._open(control)
+    except BaseException:
+      self._release()
+      raise
+
+  def _release(self) -> None:
+    if self._lock is not None:
+      self._lock.release()
+
+  def _open(self, control: checkpoint.Control) -> None:
     config_path, results_path = self.path(CONFIG), self.path(RESULTS)
     if not control.overwrite and os.path.exists(config_path):
       with open(config_path) as f:
@@ -87,6 +149,7 @@ class Run:
       if os.path.exists(self.path(TIMINGS)):
         with open(self.path(TIMINGS)) as f:
           self.timings = json.load(f)
+      self._release()
       return
     if self.writer:
       if control.overwrite:
@@ -146,6 +209,9 @@ class Run:
     return as_json(results)
 
   def close(self) -> None:
-    """Waits for pending checkpoint writes."""
-    if self.finished is None:
-      self.checkpoints.close()
+    """Waits for pending checkpoint writes, then releases the workdir."""
+    try:
+      if self.finished is None:
+        self.checkpoints.close()
+    finally:
+      self._release()

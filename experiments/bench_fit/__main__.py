@@ -13,7 +13,6 @@ torch is installed (`pip install -e ".[bench]"`), else it is skipped. Every
 flag below overrides the field of the named --config.
 """
 
-from absl import app
 from absl import flags
 
 from experiments import common
@@ -33,10 +32,9 @@ def _config() -> bench_fit.Config:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.start()
+  del argv   # flags only: common.run_app refuses stray arguments
   config = common.run_or_exit(_config)
+  common.start()
   control = common.control()
   results = common.run_or_exit(lambda: bench_fit.run(config, WORKDIR.value, control))
   if not common.is_writer():

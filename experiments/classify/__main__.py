@@ -11,7 +11,6 @@ into --workdir/checkpoints after every chunk, and re-running the same command
 resumes. Every flag below overrides the field of the named --config.
 """
 
-from absl import app
 from absl import flags
 
 from experiments import common
@@ -25,10 +24,9 @@ OUTPUTS = ("results.json", "timings.json", "results.csv", "acc_vs_params.png", "
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.start()
+  del argv   # flags only: common.run_app refuses stray arguments
   config = common.run_or_exit(CONFIG.value)
+  common.start()
   control = common.control()
   results = common.run_or_exit(lambda: classify.run(config, WORKDIR.value, control))
   common.report_complete(results, WORKDIR.value)

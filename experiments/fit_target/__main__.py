@@ -14,7 +14,6 @@ re-running the same command resumes. Every flag below overrides the field of
 the named --config.
 """
 
-from absl import app
 from absl import flags
 
 from experiments import common
@@ -29,12 +28,11 @@ OUTPUTS = ("results.json", "timings.json", "metrics.csv", "curves.csv", "rel_mse
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.start()
+  del argv   # flags only: common.run_app refuses stray arguments
   if CONFIG.present("widths") and CONFIG.present("width_multipliers"):
     common.fail("give --widths or --width_multipliers, not both")
   config = common.run_or_exit(CONFIG.value)
+  common.start()
   control = common.control()
   results = common.run_or_exit(lambda: fit_target.run(config, WORKDIR.value, control))
   if not common.is_writer():

@@ -146,7 +146,8 @@ def test_cli_workdir_that_is_a_file(tmp_path):
 
 
 RESUMABLE = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(0.5, 1.0), seeds=2,
-                              steps=30, chunk_steps=15, batch_size=16, eval_size=64)
+                              steps=30, chunk_steps=15, batch_size=16, eval_size=64,
+                              fit_size=32, restarts=2, student_steps=5)   # the default methods
 OUTPUT_FILES = ("results.json", "metrics.csv", "curves.csv")
 
 

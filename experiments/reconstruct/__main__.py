@@ -12,7 +12,6 @@ the same command resumes. Every flag below overrides the field of the named
 --config (the studies' named configs set --study).
 """
 
-from absl import app
 from absl import flags
 
 from experiments import common
@@ -25,10 +24,9 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.start()
+  del argv   # flags only: common.run_app refuses stray arguments
   config = common.run_or_exit(CONFIG.value)
+  common.start()
   control = common.control()
   results = common.run_or_exit(lambda: reconstruct.run(config, WORKDIR.value, control))
   common.report_complete(results, WORKDIR.value)
