@@ -88,6 +88,17 @@ def as_json(obj: Any) -> Any:
   return json.loads(json.dumps(outputs.jsonable(obj)))
 
 
+def _read_json(path: str) -> Any:
+  """A workdir's JSON file; a damaged one is a one-line `ConfigError` saying what to do."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise validate.ConfigError(
+        f"{path} is damaged (not JSON: {str(e).splitlines()[0][:80]}); pass --overwrite to start "
+        f"fresh, or delete that file") from None
+
+
 def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
   keys = sorted(set(saved) | set(wanted))
   diff = [f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in keys
@@ -127,8 +138,11 @@ class Run:
   def _open(self, control: checkpoint.Control) -> None:
     config_path, results_path = self.path(CONFIG), self.path(RESULTS)
     if not control.overwrite and os.path.exists(config_path):
-      with open(config_path) as f:
-        saved = json.load(f)
+      saved = _read_json(config_path)
+      if not isinstance(saved, dict):
+        raise validate.ConfigError(
+            f"{config_path} is damaged (not a config); pass --overwrite to start fresh, or "
+            f"delete that file")
       if saved != self.config:
         raise validate.ConfigError(
             f"workdir {self.workdir} holds a run with another config ({_differences(saved, self.config)}); "
@@ -147,8 +161,7 @@ class Run:
             f"workdir {self.workdir} holds a results.json that is not a complete run of this "
             f"config; pass --overwrite to replace it, or use another workdir")
       if os.path.exists(self.path(TIMINGS)):
-        with open(self.path(TIMINGS)) as f:
-          self.timings = json.load(f)
+        self.timings = _read_json(self.path(TIMINGS))
       self._release()
       return
     if self.writer:
@@ -157,9 +170,17 @@ class Run:
           if os.path.exists(self.path(name)):
             os.remove(self.path(name))
         shutil.rmtree(self.path(CHECKPOINTS), ignore_errors=True)
-      outputs.write_json(config_path, self.config)
     self.checkpoints = checkpoint.Checkpoints(self.path(CHECKPOINTS), control)
     meta = self.checkpoints.meta or {}
+    if meta and as_json(meta.get("config")) != self.config:
+      # The checkpoints carry their run's config: a lost or edited config.json cannot make a
+      # run resume (and mix in) another run's units.
+      self.checkpoints.close()
+      raise validate.ConfigError(
+          f"workdir {self.workdir} holds checkpoints of another run (its config.json is missing "
+          f"or was changed); pass --overwrite to replace it, or use another workdir")
+    if self.writer:
+      outputs.write_json(config_path, self.config)
     self.records: list[Any] = list(meta.get("records", []))
     self.timings: dict[str, Any] = dict(meta.get("timings", {}))
 
@@ -168,7 +189,7 @@ class Run:
     return os.path.join(self.workdir, name)
 
   def _meta(self, **extra) -> dict[str, Any]:
-    return dict(records=self.records, timings=self.timings, **extra)
+    return dict(records=self.records, timings=self.timings, config=self.config, **extra)
 
   def fit_slot(self, unit: int) -> checkpoint.FitSlot:
     """Where the fit of unit `unit` (= `len(records)`) saves and resumes."""

@@ -49,3 +49,67 @@ def test_a_lock_file_left_by_a_killed_run_does_not_block_and_a_run_leaves_none(t
   assert lifecycle.LOCK not in os.listdir(tmp_path)
   again = fit_target.run(TINY, str(tmp_path))          # complete: reported, lock released
   assert again["already_complete"] and lifecycle.LOCK not in os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["delete", "edit"])
+def test_checkpoints_of_another_run_are_never_resumed(tmp_path, damage):
+  """The issue's case: config.json lost (or changed), then a re-run with another seed."""
+  with pytest.raises(checkpoint.Preempted):
+    fit_target.run(TINY, str(tmp_path), checkpoint.Control(stop_after_chunks=1))
+  if damage == "delete":
+    os.remove(tmp_path / "config.json")
+  else:
+    (tmp_path / "config.json").write_text((tmp_path / "config.json").read_text().replace(
+        '"seed": 0', '"seed": 7'))
+  other = fit_target.dataclasses.replace(TINY, seed=7)
+  with pytest.raises(validate.ConfigError, match="holds checkpoints of another run"):
+    fit_target.run(other, str(tmp_path))
+  assert not (tmp_path / "results.json").exists()
+  if damage == "delete":
+    fit_target.run(TINY, str(tmp_path))                # the run they belong to still resumes
+
+
+def _stopped(tmp_path, chunks=2):
+  config = fit_target.dataclasses.replace(TINY, steps=6)
+  with pytest.raises(checkpoint.Preempted):
+    fit_target.run(config, str(tmp_path), checkpoint.Control(stop_after_chunks=chunks))
+  return config
+
+
+@pytest.mark.parametrize("name, content", [
+    ("config.json", "{not json"), ("config.json", "[]"), ("config.json", "5"),
+    ("config.json", b"\xff\xfe"), ("timings.json", "{oops"),
+])
+def test_a_damaged_json_file_is_named_in_one_line_and_left_alone(tmp_path, name, content):
+  fit_target.run(TINY, str(tmp_path))                  # complete (timings.json is read back)
+  write = (tmp_path / name).write_bytes if isinstance(content, bytes) else (
+      tmp_path / name).write_text
+  write(content)
+  with pytest.raises(validate.ConfigError, match=rf"{name} is damaged .*--overwrite"):
+    fit_target.run(TINY, str(tmp_path))
+  assert (tmp_path / name).read_bytes() == (content if isinstance(content, bytes)
+                                            else content.encode())
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path):
+  config = _stopped(tmp_path)
+  steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+  assert len(steps) == 2
+  (tmp_path / "checkpoints" / str(steps[-1]) / "meta" / "metadata").write_text("garbage")
+  whole = fit_target.run(config, str(tmp_path / "whole"))
+  resumed = fit_target.run(config, str(tmp_path))     # from the older checkpoint, with a warning
+  assert resumed["rows"] == whole["rows"]
+
+
+def test_every_checkpoint_damaged_or_a_damaged_state_is_one_clear_error(tmp_path):
+  config = _stopped(tmp_path)
+  steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(tmp_path / "checkpoints" / str(steps[-1]) / "state")
+  with pytest.raises(validate.ConfigError, match=rf"checkpoint {steps[-1]} .* is damaged"):
+    fit_target.run(config, str(tmp_path))
+  for step in steps:
+    (tmp_path / "checkpoints" / str(step) / "meta" / "metadata").write_text("garbage")
+  with pytest.raises(validate.ConfigError, match="every checkpoint in .* is damaged"):
+    fit_target.run(config, str(tmp_path))
+  assert fit_target.run(config, str(tmp_path), checkpoint.Control(overwrite=True))["rows"]

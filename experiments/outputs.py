@@ -60,7 +60,9 @@ def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -
   _atomic_write(path, buf.getvalue())
 
 
-def _cell(v: Any) -> str:
+def number(v: Any) -> str:
+  """A table or log cell: numbers to 3 significant digits, anything else (e.g. the "nan" that
+  a non-finite number reads back from JSON as) as it is."""
   return format(v, ".3g") if isinstance(v, float) else str(v)
 
 
@@ -74,7 +76,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   Returns:
     The table as one string, with a rule under the header.
   """
-  cells = [list(map(str, header))] + [[_cell(v) for v in row] for row in rows]
+  cells = [list(map(str, header))] + [[number(v) for v in row] for row in rows]
   widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
   lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
   lines.insert(1, "  ".join("-" * w for w in widths))

@@ -83,12 +83,30 @@ class Checkpoints:
     self._control = check_control(control)
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    self._step = self._manager.latest_step()
-    self._meta = None
-    if self._step is not None:
-      self._meta = self._manager.restore(
-          self._step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-      logging.info("found checkpoint %d in %s", self._step, directory)
+    self._directory = directory
+    self._step, self._meta = None, None
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    damaged = []
+    for step in steps:   # the newest intact one; a damaged newer one is passed over, with a warning
+      try:
+        meta = self._manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta
+        if not isinstance(meta, dict):
+          raise ValueError(f"its meta is {type(meta).__name__}, not a dict")
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint %d in %s is damaged (%s); trying an older one", step,
+                        directory, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+        damaged.append(step)
+        continue
+      self._step, self._meta = step, meta
+      logging.info("found checkpoint %d in %s", step, directory)
+      break
+    if steps and self._step is None:
+      raise validate.ConfigError(
+          f"every checkpoint in {directory} is damaged; pass --overwrite to start fresh (or "
+          f"delete that directory)")
+    for step in damaged:   # the run goes on from the intact one and will save these steps again
+      self._manager.delete(step)
     self._chunks = 0        # chunks run by this process
     self._unsaved = 0       # chunks since the last save
 
@@ -101,8 +119,13 @@ class Checkpoints:
     """The newest checkpoint's `state`, shaped, typed and sharded like the pytree `like`."""
     leaves, treedef = jax.tree.flatten(like)
     abstract = [_abstract(x) for x in _savable(leaves)]
-    restored = self._manager.restore(self._step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract))).state
+    try:
+      restored = self._manager.restore(self._step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract))).state
+    except Exception as e:  # pylint: disable=broad-except
+      raise validate.ConfigError(
+          f"checkpoint {self._step} in {self._directory} is damaged ({type(e).__name__}); pass "
+          f"--overwrite to start fresh") from None
     out = [jax.random.wrap_key_data(r, impl=jax.random.key_impl(x)) if _is_key(x) else r
            for r, x in zip(restored, leaves)]
     return jax.tree.unflatten(treedef, out)

@@ -92,7 +92,7 @@ def check_spec(spec: ClassifySpec) -> ClassifySpec:
     validate.positive_int(name, getattr(spec, name))
   validate.probability("keep probability p", spec.keep_prob)
   validate.positive_float("learning_rate", spec.learning_rate)
-  validate.non_negative_int("seed", spec.seed)
+  validate.prng_seed("seed", spec.seed)
   return spec
 
 

@@ -137,6 +137,12 @@ def _real(value):
     return math.nan
 
 
+def _all_finite(a) -> bool:
+  """Whether every entry of `a` is finite (reduced where the array lives: one bool comes back)."""
+  a = jnp.asarray(a)
+  return not jnp.issubdtype(a.dtype, jnp.inexact) or bool(jnp.all(jnp.isfinite(a)))
+
+
 def check_args(target, frozen, radius, data, solver, tol, maxiter, lead=()):
   """Validates everything before any compute; returns (target, frozen, dims, widths)."""
   if solver not in SOLVERS:
@@ -169,7 +175,13 @@ def check_args(target, frozen, radius, data, solver, tol, maxiter, lead=()):
     if not dims:
       dims.append(ws[nl + 1])
     dims.append(ws[nl])
+    for name, a in (("weight", layer[0]), ("bias", layer[1])):
+      if not _all_finite(a):
+        raise ConfigError(f"target[{k}] {name} must be finite (found NaN or inf)")
   frozen = [as_dense(w) for w in frozen]
+  for j, w in enumerate(frozen):
+    if not _all_finite(w):
+      raise ConfigError(f"frozen[{j}] must be finite (found NaN or inf)")
   if len(frozen) != 2 * len(target):
     raise ConfigError(f"a target of depth {len(target)} needs 2*{len(target)} = "
                       f"{2 * len(target)} frozen matrices, got {len(frozen)}")
@@ -344,6 +356,10 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     small = [np.asarray(a, np.float64) for a in (gamma, bias, realised)]
     (beta1, beta2), r, h, (max_shift, in_radius) = block_norms(
         np, np.asarray(w_in), np.asarray(w_out), *small, r, h)
+    if not (np.isfinite(residual) and _all_finite(gamma) and np.isfinite(beta1).all()
+            and np.isfinite(beta2).all()):   # e.g. overflow: the block as rebuilt is unusable
+      raise ValueError(f"block {i + 1}: the rebuilt norms are not finite (residual {residual}); "
+                       f"the target or frozen weights are too large for {np.dtype(dtype)}")
     np_dtype = np.dtype(dtype)   # convert on the host: no per-shape compiles
     gammas += [gamma, jnp.asarray(np.ones(dims[i + 1], np_dtype))]
     betas += [jnp.asarray(beta1.astype(np_dtype)), jnp.asarray(beta2.astype(np_dtype))]

@@ -269,7 +269,7 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   chunk_steps = min(steps, 250) if chunk_steps is None else validate.positive_int(
       "chunk_steps", chunk_steps)
   validate.positive_int("batch_size", batch_size)
-  validate.non_negative_int("seed", seed)
+  validate.prng_seed("seed", seed)
   validate.one_of("batching", batching, BATCHINGS)
   if seed_chunk is not None:
     validate.positive_int("seed_chunk", seed_chunk)
@@ -328,6 +328,11 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
     if checkpoint is not None:
       checkpoint.save(i + 1, len(lengths), state, curve)
   metrics = sharding.to_host(programs.eval(consts, state), n)
+  diverged = sharding.to_host(state.diverged, n)
+  for v in metrics.values():   # a seed whose held-out metric is not finite has diverged too
+    v = np.asarray(v)
+    if np.issubdtype(v.dtype, np.inexact):
+      diverged = diverged | ~np.isfinite(v.reshape(n, -1)).all(axis=1)
   task_state = sharding.to_host(state.task, n)
   unchanged = trees.bit_identical(frozen_before, sharding.to_host(state.frozen))
   if programs.subset:
@@ -338,7 +343,7 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   return FitResult(
       seed_ids=seed_ids, loss_curve=curve[:, :n].T, chunk_steps=np.cumsum(lengths),
       metrics={k: np.asarray(v) for k, v in metrics.items()},
-      diverged=sharding.to_host(state.diverged, n),
+      diverged=diverged,
       params=sharding.to_host(freeze.combine(state.trainable, state.frozen), n),
       batch_stats=sharding.to_host(state.model_state, n), frozen_unchanged=bool(unchanged),
       trainable_params=trainable_params, devices=mesh.size,

@@ -173,8 +173,7 @@ def check_spec(spec: FitSpec) -> FitSpec:
     raise validate.ConfigError(
         f"init=construct needs norm=affine and input_distribution=ball (the construction is "
         f"exact on a ball), got norm={spec.norm}, input_distribution={spec.input_distribution}")
-  if isinstance(spec.seed, bool) or not hasattr(spec.seed, "__index__") or spec.seed < 0:
-    raise validate.ConfigError(f"seed must be a non-negative integer, got {spec.seed!r}")
+  validate.prng_seed("seed", spec.seed)
   return spec
 
 

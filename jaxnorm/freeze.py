@@ -258,7 +258,9 @@ def norm_only(optimizer: optax.GradientTransformation,
     predicate: optional leaf predicate for `norm_mask`.
 
   Returns:
-    An `optax.GradientTransformation`.
+    An `optax.GradientTransformation`; its `init` raises `ValueError` when a
+    trainable leaf is not floating point (an integer scale would be rounded to
+    0 by the first update).
 
   Example:
     >>> tx = norm_only(optax.adam(1e-2))
@@ -277,6 +279,12 @@ def norm_only(optimizer: optax.GradientTransformation,
 
   def init_fn(params):
     trainable, _, _ = split(params)
+    ints = [k for k, v in trainable.items()
+            if not jax.numpy.issubdtype(jax.numpy.result_type(v), jax.numpy.inexact)]
+    if ints:
+      raise ValueError(f"norm_only: the trainable leaf {ints[0]!r} has dtype "
+                       f"{jax.numpy.result_type(trainable[ints[0]])}; gradient updates need "
+                       f"floating-point norm leaves (cast the params, e.g. to float32)")
     return NormOnlyState(inner=optimizer.init(trainable))
 
   def update_fn(updates, state, params=None):

@@ -166,6 +166,9 @@ def distill(method, run, state):
       _STUDENTS.popitem(last=False)
   t1 = time.perf_counter()
   data = None if run.task.inputs == "ball" else method.gaussian_margin * state.task["fit_x"]
+  # A failed (non-finite) student is zeroed for the construction, which refuses non-finite
+  # input; its seed is marked diverged below (its loss is not finite) and keeps its norms.
+  layers = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, jnp.zeros_like(a)), layers)
   trainable = constructed_norms(run, state, layers, data)
   ok = np.isfinite(loss)
   for v in sharding.to_host(trainable).values():

@@ -42,14 +42,40 @@ def positive_ints(name: str, values: Sequence[Any], min_len: int = 1) -> tuple[i
   return tuple(int(v) for v in values)
 
 
+# `jax.random.key(seed)` keeps 32 bits of `seed` (2**32 gives the key of 0), and seed ids are
+# folded in as int32: larger values would silently name another seed.
+MAX_SEED = 2 ** 32 - 1
+MAX_SEED_ID = 2 ** 31 - 1
+
+
+def prng_seed(name: str, value: Any) -> int:
+  """Returns `value` if it is an integer in [0, 2**32) (a seed `jax.random.key` keeps whole)."""
+  value = non_negative_int(name, value)
+  if value > MAX_SEED:
+    raise ConfigError(f"{name} must be below 2**32 (jax.random.key keeps 32 bits), got {value}")
+  return value
+
+
 def seed_ids(values: Iterable[Any]):
-  """Returns `values` as a 1-D numpy integer array of at least one non-negative seed id."""
-  ids = np.asarray(list(values))
-  if ids.size == 0:
+  """Returns `values` as a 1-D numpy int64 array of distinct seed ids in [0, 2**31), at least one.
+
+  Raises:
+    ConfigError: no ids, a non-integer, a negative or too large id, or a repeated id.
+  """
+  values = list(values)
+  if not values:
     raise ConfigError("need at least one seed, got 0")
-  if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
-    raise ConfigError(f"seed ids must be non-negative integers, got {ids.tolist()}")
-  return ids
+  if any(isinstance(v, bool) or not hasattr(v, "__index__") for v in values):
+    raise ConfigError(f"seed ids must be non-negative integers, got {values}")
+  ids = [int(v) for v in values]
+  bad = [v for v in ids if not 0 <= v <= MAX_SEED_ID]
+  if bad:
+    raise ConfigError(f"seed ids must be integers in [0, 2**31) (they are folded into the key as "
+                      f"int32), got {bad[0]}")
+  if len(set(ids)) != len(ids):
+    twice = sorted({v for v in ids if ids.count(v) > 1})
+    raise ConfigError(f"seed ids must differ: {twice} given more than once")
+  return np.asarray(ids, np.int64)
 
 
 def positive_float(name: str, value: Any) -> float:

@@ -253,6 +253,12 @@ def _bad(kind):
     kwargs = dict(data=np.zeros((5, 4)))
   elif kind == "data_nan":
     kwargs = dict(data=np.full((5, 3), np.nan))
+  elif kind == "weight_nan":
+    target[1] = (np.where(np.arange(8).reshape(2, 4) == 3, np.nan, target[1][0]), target[1][1])
+  elif kind == "bias_inf":
+    target[0] = (target[0][0], np.full(4, np.inf))
+  elif kind == "frozen_nan":
+    frozen[3] = np.full_like(frozen[3], np.nan)
   elif kind == "radius":
     kwargs = dict(radius=-1.0)
   elif kind == "solver":
@@ -274,13 +280,18 @@ def _bad(kind):
     ("frozen_out", r"frozen\[1\] \(W_2, block 1\) must be \[4, 12\].*got shape \(4, 11\)"),
     ("data_dim", r"data must be \[n, 3\], got shape \(5, 4\)"),
     ("data_nan", "data must be finite"),
+    ("weight_nan", r"target\[1\] weight must be finite"),
+    ("bias_inf", r"target\[0\] bias must be finite"),
+    ("frozen_nan", r"frozen\[3\] must be finite"),
     ("radius", "radius must be a finite number >= 0, got -1.0"),
     ("solver", "unknown solver 'qr'"),
     ("tol", r"tol must be a number in \(0, 1\), got 0.0"),
     ("empty", "target must have at least one"),
 ])
-def test_bad_arguments_raise_before_compute(kind, message):
+@pytest.mark.parametrize("solver", ["cg", "lstsq"])
+def test_bad_arguments_raise_before_compute(kind, message, solver):
   target, frozen, kwargs = _bad(kind)
+  kwargs.setdefault("solver", solver)
   with pytest.raises(ValueError, match=message):
     construct.reconstruct(target, frozen, **kwargs)
 
@@ -309,3 +320,10 @@ def test_zero_target_and_default_tolerances(x64):
     rec = construct.reconstruct(target, frozen, radius=1.0, solver=solver)
     assert rec.blocks[0].residual == 0 and not np.any(rec.gammas[0])
   assert krylov.default_tol(jnp.float32) == 1e-5 and krylov.default_tol(jnp.float64) == 1e-12
+
+
+def test_norms_that_overflow_are_refused_not_called_exact():
+  target, frozen = make_problem(21, (3, 4), [24], np.float32)
+  target = [(w * 1e37, b) for w, b in target]            # shifts beyond float32's range
+  with pytest.raises(ValueError, match="block 1: the rebuilt norms are not finite"):
+    construct.reconstruct(target, frozen, radius=1e3)

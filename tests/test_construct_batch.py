@@ -30,3 +30,16 @@ def test_reconstruct_batch_matches_each_seed(mode):
     assert rel_err(y[s], t_s, x) <= 1e-4
   with pytest.raises(ValueError, match="leading seed axis"):
     construct_batch.reconstruct_batch(problems[0][0], problems[0][1], radius=1.0)
+
+
+def test_a_seed_whose_rebuilt_norms_overflow_is_not_exact_and_nan_input_is_refused():
+  dims, widths = (3, 4), [24]
+  problems = [make_problem(30 + s, dims, widths, np.float32) for s in range(2)]
+  target = [tuple(np.stack([p[0][0][j] for p in problems]) for j in range(2))]
+  frozen = [np.stack([p[1][k] for p in problems]) for k in range(2)]
+  target[0][0][1] *= 1e37                       # seed 1's target: shifts beyond float32
+  rec = construct_batch.reconstruct_batch(target, frozen, radius=1e3, allow_inexact=True)
+  assert rec.blocks[0].exact.tolist() == [True, False]
+  target[0][0][0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match=r"target\[0\] weight must be finite"):
+    construct_batch.reconstruct_batch(target, frozen, radius=1.0)

@@ -344,7 +344,10 @@ class Broken(nn.Module):
 
 BAD = [
     (lambda: jaxnorm.fit(LinenCNN(), DIGITS, 0), "positive integer"),
-    (lambda: jaxnorm.fit(LinenCNN(), DIGITS, [-1]), "non-negative"),
+    (lambda: jaxnorm.fit(LinenCNN(), DIGITS, [-1]), "got -1"),
+    (lambda: jaxnorm.fit(LinenCNN(), DIGITS, [2 ** 40]), r"\[0, 2\*\*31\)"),
+    (lambda: jaxnorm.fit(LinenCNN(), DIGITS, [0, 1, 0]), "must differ"),
+    (lambda: jaxnorm.fit(LinenCNN(), DIGITS, 2, seed=2 ** 32), "below 2\\*\\*32"),
     (lambda: jaxnorm.fit(LinenCNN(), "digits", 2), "task must be"),
     (lambda: jaxnorm.fit(object(), DIGITS, 2), "model must be"),
     (lambda: jaxnorm.fit(NNXNet(nnx.Rngs(0)), DIGITS, 2), "factory"),

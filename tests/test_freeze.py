@@ -248,3 +248,10 @@ def test_norm_filter_called_on_a_lone_variable_raises():
     return jaxnorm.norm_filter(("x", "scale"), nnx.Param(jnp.ones(3)))
   with pytest.raises(ValueError, match="outside an NNX walk"):
     lone()
+
+
+def test_norm_only_refuses_integer_norm_leaves():
+  params = {"norm": {"scale": jnp.ones(3, jnp.int32), "bias": jnp.zeros(3)},
+            "dense": {"kernel": jnp.ones((2, 3))}}
+  with pytest.raises(ValueError, match="'norm/scale' has dtype int32"):
+    jaxnorm.norm_only(optax.adam(1e-2)).init(params)

@@ -42,3 +42,19 @@ def test_target_layers_must_chain():
   assert validate.target_layers([(w, np.zeros(4)), (np.zeros((2, 4)), np.zeros(2))]) == (3, 4, 2)
   with pytest.raises(validate.ConfigError, match="don't chain"):
     validate.target_layers([(w, np.zeros(4)), (np.zeros((2, 5)), np.zeros(2))])
+
+
+@pytest.mark.parametrize("ids, message", [
+    ([2 ** 31], "in \\[0, 2\\*\\*31\\)"), ([2 ** 40], "got 1099511627776"), ([-1], "got -1"),
+    ([3, 1, 3], "must differ: \\[3\\]"), ([True], "non-negative integers"),
+])
+def test_seed_ids_that_would_silently_name_another_seed_are_refused(ids, message):
+  with pytest.raises(validate.ConfigError, match=message):
+    validate.seed_ids(ids)
+  assert validate.seed_ids([2 ** 31 - 1, 0]).tolist() == [2 ** 31 - 1, 0]
+
+
+def test_a_base_seed_beyond_32_bits_is_refused():
+  assert validate.prng_seed("seed", 2 ** 32 - 1) == 2 ** 32 - 1
+  with pytest.raises(validate.ConfigError, match="below 2\\*\\*32"):
+    validate.prng_seed("seed", 2 ** 32)

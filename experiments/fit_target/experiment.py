@@ -251,9 +251,11 @@ def run(config: Config, workdir: str,
                              checkpoint=run_.fit_slot(unit))
       record = run_.unit_done(_record(spec, result), seconds=result.seconds)
       row = record["row"]
-      logging.info("  held-out relative MSE median %.4g [%.4g, %.4g], %d diverged, %.1f s, "
-                   "frozen unchanged: %s", row["rel_mse_median"], row["rel_mse_q25"],
-                   row["rel_mse_q75"], row["diverged"], result.seconds, result.frozen_unchanged)
+      # (as read back from JSON: a non-finite median is the string "nan")
+      logging.info("  held-out relative MSE median %s [%s, %s], %d diverged, %.1f s, "
+                   "frozen unchanged: %s", *(outputs.number(row[k]) for k in (
+                       "rel_mse_median", "rel_mse_q25", "rel_mse_q75")), row["diverged"],
+                   result.seconds, result.frozen_unchanged)
   except BaseException:
     run_.close()
     raise

@@ -215,3 +215,12 @@ def test_a_results_json_of_another_run_is_refused_untouched(tmp_path, content):
     fit_target.run(TINY, str(tmp_path))
   assert os.listdir(tmp_path) == ["results.json"]
   assert (tmp_path / "results.json").read_text() == content
+
+
+def test_a_run_whose_seeds_all_diverge_reports_them_without_crashing(tmp_path, capfd):
+  config = dataclasses.replace(TINY, optimizers=("adam",), width_multipliers=(1.0,),
+                               learning_rate=1e12, schedule="constant")
+  rows = fit_target.run(config, str(tmp_path))["rows"]
+  assert rows[0]["diverged"] == 2 and rows[0]["rel_mse_median"] in ("nan", "inf")
+  assert "nan" in fit_target.table(rows) or "inf" in fit_target.table(rows)
+  assert "Logging error" not in capfd.readouterr().err

@@ -94,8 +94,8 @@ class Config:
       validate.probability("keep probability p", p)
     for name in ("seeds", "steps", "test_points"):
       validate.positive_int(name, getattr(self, name))
-    for name in ("seed", "devices"):
-      validate.non_negative_int(name, getattr(self, name))
+    validate.prng_seed("seed", self.seed)
+    validate.non_negative_int("devices", self.devices)
     validate.positive_float("radius", self.radius)
     validate.positive_float("learning_rate", self.learning_rate)
     if self.study == "gap" and len(dims) != 1:
