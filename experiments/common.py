@@ -6,6 +6,7 @@ The flags defined here (`--checkpoint_every`, `--stop_after_chunks`,
 
 import logging as std_logging
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -33,7 +34,14 @@ COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (--distributed).")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (--distributed).")
 
-PREEMPTED_EXIT = 3
+PREEMPTED_EXIT = 3     # stopped after saving (--stop_after_chunks): re-run to resume
+IO_ERROR_EXIT = 4      # a write failed (e.g. the disk is full): free space, re-run to resume
+INTERRUPTED_EXIT = 130   # Ctrl-C (128 + SIGINT) or
+TERMINATED_EXIT = 143    # SIGTERM (128 + SIGTERM), after the last checkpoint is written
+
+
+class Terminated(BaseException):
+  """Raised in the main thread when the process receives SIGTERM (a queue's stop request)."""
 HELP_FLAGS = ("--help", "--helpshort", "-h", "-?")
 
 
@@ -55,7 +63,14 @@ def run_app(main: Callable[[list[str]], None]) -> None:
       if key in by_module:
         print(f"{title}:\n{flags.FLAGS.module_help(key).split(chr(10), 1)[1]}\n")
     sys.exit(0)
+  signal.signal(signal.SIGTERM, _terminate)
   app.run(main, flags_parser=_parse_flags)
+
+
+def _terminate(signum, frame):
+  del signum, frame
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)   # one stop request is enough
+  raise Terminated()
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -71,7 +86,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _not_noise(record) -> bool:
-  """Drops Orbax's INFO lines and JAX's INFO notes about accelerator plugins it did not find."""
+  """Drops Orbax's INFO lines, JAX's INFO notes about accelerator plugins it did not find, and
+  the tracebacks libraries log when Ctrl-C or SIGTERM interrupts them."""
+  if record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, Terminated)):
+    return False   # a library's report of the stop we asked for: run_or_exit says it in one line
   if record.levelno >= std_logging.WARNING:
     return True
   if "/orbax/" in record.pathname:
@@ -133,7 +151,9 @@ def run_or_exit(fn: Callable[[], object]) -> object:
   """Calls `fn`, turning the ways a run ends early into one line and an exit code.
 
   A bad-input `ConfigError` exits with 2; a (simulated) preemption exits with 3
-  after the checkpoint is saved.
+  after the checkpoint is saved; a failed write (`OSError`, e.g. a full disk)
+  with 4; Ctrl-C with 130 and SIGTERM with 143, after the run has closed its
+  checkpoints (the experiments' `run` does that on any exception).
   """
   try:
     return fn()
@@ -142,6 +162,16 @@ def run_or_exit(fn: Callable[[], object]) -> object:
   except checkpoint.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(PREEMPTED_EXIT)
+  except OSError as e:
+    where = f" while writing {e.filename}" if e.filename else ""
+    print(f"error: {e.strerror or e}{where}; nothing complete was damaged: free the space and "
+          f"re-run the same command to resume", file=sys.stderr)
+    sys.exit(IO_ERROR_EXIT)
+  except (KeyboardInterrupt, Terminated) as e:
+    what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+    print(f"{what}: the last checkpoint is kept; re-run the same command to resume",
+          file=sys.stderr)
+    sys.exit(TERMINATED_EXIT if isinstance(e, Terminated) else INTERRUPTED_EXIT)
 
 
 def is_writer() -> bool:

@@ -1,6 +1,7 @@
 """Tests for experiments/common.py: what every experiment main shares."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -40,3 +41,37 @@ def test_a_bad_command_line_is_one_line_and_exit_code_2(argv, needle, tmp_path):
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_or_ctrl_c_exits_with_its_code_after_the_checkpoint_and_resumes(tmp_path, sig,
+                                                                                code):
+  argv = [sys.executable, "-m", "experiments.fit_target", f"--workdir={tmp_path}",
+          "--optimizers=adam", "--target_widths=3,4,2", "--width_multipliers=1", "--seeds=2",
+          "--steps=400000", "--chunk_steps=200", "--batch_size=16", "--eval_size=32"]
+  proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:          # wait for the first finished (and checkpointed) chunk
+    lines.append(line)
+    if "chunk 2/" in line:
+      break
+  proc.send_signal(sig)
+  err = "".join(lines) + proc.stderr.read()
+  assert proc.wait(timeout=120) == code, err
+  assert "Traceback" not in err and "re-run the same command to resume" in err
+  again = subprocess.run(argv + ["--stop_after_chunks=1"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 3 and "resumed after chunk" in again.stderr, again.stderr
+
+
+def test_a_failed_write_is_one_line_and_exit_code_4(capsys):
+  import errno  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+
+  def full():
+    raise OSError(errno.ENOSPC, "No space left on device", "/w/results.json")
+  with pytest.raises(SystemExit) as exit_info:
+    common.run_or_exit(full)
+  assert exit_info.value.code == common.IO_ERROR_EXIT
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "No space left on device while writing /w/results.json" in err

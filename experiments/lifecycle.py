@@ -223,10 +223,12 @@ class Run:
 
   def finish(self, results: dict[str, Any]) -> dict[str, Any]:
     """Writes `timings.json` and then `results.json` (last: its presence marks completion)."""
-    if self.writer:
-      outputs.write_json(self.path(TIMINGS), self.timings)
-      outputs.write_json(self.path(RESULTS), results)
-    self.close()
+    try:
+      if self.writer:
+        outputs.write_json(self.path(TIMINGS), self.timings)
+        outputs.write_json(self.path(RESULTS), results)
+    finally:
+      self.close()
     return as_json(results)
 
   def close(self) -> None:

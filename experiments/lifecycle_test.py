@@ -113,3 +113,22 @@ def test_every_checkpoint_damaged_or_a_damaged_state_is_one_clear_error(tmp_path
   with pytest.raises(validate.ConfigError, match="every checkpoint in .* is damaged"):
     fit_target.run(config, str(tmp_path))
   assert fit_target.run(config, str(tmp_path), checkpoint.Control(overwrite=True))["rows"]
+
+
+def test_a_full_disk_at_the_end_damages_nothing_and_the_run_resumes(tmp_path, monkeypatch):
+  import errno  # pylint: disable=g-import-not-at-top
+  from experiments import outputs  # pylint: disable=g-import-not-at-top
+  whole = fit_target.run(TINY, str(tmp_path / "whole"))
+  real = outputs._atomic_write
+
+  def full(path, text):
+    if path.endswith("results.json"):
+      raise OSError(errno.ENOSPC, "No space left on device", path)
+    real(path, text)
+  monkeypatch.setattr(outputs, "_atomic_write", full)
+  with pytest.raises(OSError, match="No space left"):
+    fit_target.run(TINY, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "results.json").exists()
+  assert lifecycle.LOCK not in os.listdir(tmp_path / "w")
+  monkeypatch.setattr(outputs, "_atomic_write", real)
+  assert fit_target.run(TINY, str(tmp_path / "w"))["rows"] == whole["rows"]

@@ -90,6 +90,10 @@ def check_spec(spec: ClassifySpec) -> ClassifySpec:
   validate.one_of("norm kind", spec.norm, models.NORM_KINDS)
   for name in ("depth", "width", "steps", "chunk_steps", "batch_size"):
     validate.positive_int(name, getattr(spec, name))
+  validate.at_most("depth", spec.depth, validate.MAX_LAYERS,
+                   "a deeper network would take hours to compile")
+  if spec.norm == "batchnorm" and spec.batch_size < 2:
+    raise validate.ConfigError("batchnorm needs batch_size >= 2 (one example normalises to 0)")
   validate.probability("keep probability p", spec.keep_prob)
   validate.positive_float("learning_rate", spec.learning_rate)
   validate.prng_seed("seed", spec.seed)

@@ -139,6 +139,8 @@ def check_spec(spec: FitSpec) -> FitSpec:
     `spec`, unchanged.
   """
   target = validate.positive_ints("target_widths", spec.target_widths, min_len=2)
+  validate.at_most("the target's depth", len(target) - 1, validate.MAX_LAYERS,
+                   "a deeper MLP would take hours to compile")
   hidden = validate.positive_ints("hidden widths", spec.hidden_widths)
   if len(hidden) != len(target) - 1:
     raise validate.ConfigError(

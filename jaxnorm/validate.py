@@ -48,6 +48,18 @@ MAX_SEED = 2 ** 32 - 1
 MAX_SEED_ID = 2 ** 31 - 1
 
 
+# Sizes beyond these are refused before any compute: they would compile or run for hours.
+MAX_LAYERS = 64        # layers of an MLP (target or frozen), blocks of a conv net
+MAX_SWEEP = 64         # entries of a list of widths, depths, ratios or probabilities to sweep
+
+
+def at_most(name: str, value: int, limit: int, why: str) -> int:
+  """Returns `value` if it is `<= limit`, else raises `ConfigError` saying `why`."""
+  if value > limit:
+    raise ConfigError(f"{name} is {value}, more than {limit} ({why})")
+  return value
+
+
 def prng_seed(name: str, value: Any) -> int:
   """Returns `value` if it is an integer in [0, 2**32) (a seed `jax.random.key` keeps whole)."""
   value = non_negative_int(name, value)

@@ -93,7 +93,14 @@ def cells(config: Config) -> list[classify.ClassifySpec]:
   if not probs:
     raise validate.ConfigError("keep_probs needs at least one entry")
   conv_depths = validate.positive_ints("conv_depths", config.conv_depths, min_len=0)
+  for name in ("mlp_depths", "mlp_widths", "keep_probs", "conv_depths", "conv_channels"):
+    validate.at_most(f"the number of {name}", len(getattr(config, name)), validate.MAX_SWEEP,
+                     "each is a cell of the sweep")
   conv_channels = validate.positive_ints("conv_channels", config.conv_channels, min_len=0)
+  if conv_depths and not conv_channels:   # would silently drop the conv net
+    raise validate.ConfigError(
+        f"conv_depths={list(conv_depths)} asks for conv nets: give their conv_channels too "
+        f"(or conv_depths= for none)")
   if not config.modes:
     raise validate.ConfigError("modes needs at least one entry")
   for mode in config.modes:

@@ -101,6 +101,10 @@ def test_cells_are_the_union_of_the_sweeps():
     (dict(seed=-1), "seed"),
     (dict(modes=("norm", "norm")), "repeats"),
     (dict(conv_channels=(0,)), "conv_channels"),
+    (dict(conv_channels=()), "give their conv_channels too"),
+    (dict(mlp_depths=(100000,)), "depth is 100000, more than 64"),
+    (dict(mlp_widths=tuple(range(1, 100))), "the number of mlp_widths is 99, more than 64"),
+    (dict(norm="batchnorm", batch_size=1), "batchnorm needs batch_size >= 2"),
     (dict(mlp_widths=(10 ** 6,)), "needs about"),   # ~4 TB of frozen weights per seed
 ])
 def test_bad_config_is_refused_before_compute(tmp_path, monkeypatch, change, needle):

@@ -156,6 +156,9 @@ def specs(config: Config) -> list[fitspec.FitSpec]:
     validate.positive_ints("widths", config.widths)
   else:
     validate.positive_floats("width_multipliers", config.width_multipliers)
+  for name in ("width_multipliers", "widths", "optimizers"):
+    validate.at_most(f"the number of {name}", len(getattr(config, name)), validate.MAX_SWEEP,
+                     "each is a fit of the run")
   validate.positive_int("seeds", config.seeds)
   validate.non_negative_int("devices", config.devices)
   validate.non_negative_int("seed_chunk", config.seed_chunk)

@@ -106,6 +106,7 @@ BAD_FLAGS = [
     (["--steps=0"], "steps"),
     (["--seeds=0"], "seeds"),
     (["--norm=groupnorm"], "groupnorm"),
+    (["--target_widths=" + ",".join(["2"] * 2000)], "depth is 1999, more than 64"),
     (["--target_widths=3,-4,2"], "-4"),
     (["--widths=0"], "0"),
     (["--target_widths=3,x"], "x"),

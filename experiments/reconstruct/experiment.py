@@ -53,6 +53,7 @@ from experiments import plots
 from experiments.reconstruct import rows as reconstruct_rows
 
 STUDIES = ("dense", "sparse", "scale", "gap")
+MAX_SEEDS = 10_000
 DEFAULT_DIMS = {"dense": (4, 8, 16), "sparse": (8, 16), "scale": (16, 32, 64, 128, 256),
                 "gap": (8,)}
 DEFAULT_RATIOS = {"dense": (0.5, 0.75, 0.9, 0.97, 1.0, 1.1, 1.25, 1.5, 2.0), "gap": (1.0, 2.0, 4.0)}
@@ -95,6 +96,10 @@ class Config:
     for name in ("seeds", "steps", "test_points"):
       validate.positive_int(name, getattr(self, name))
     validate.prng_seed("seed", self.seed)
+    validate.at_most("seeds", self.seeds, MAX_SEEDS, "every seed is solved one after another")
+    for name, values in (("dims", dims), ("ratios", ratios), ("keep_probs", self.keep_probs)):
+      validate.at_most(f"the number of {name}", len(values), validate.MAX_SWEEP,
+                       "each is a row of the study")
     validate.non_negative_int("devices", self.devices)
     validate.positive_float("radius", self.radius)
     validate.positive_float("learning_rate", self.learning_rate)

@@ -148,6 +148,8 @@ def test_gap_study_compares_construction_and_adam_and_resumes_inside_a_fit(tmp_p
     (dict(study="dense", dims=(200,), ratios=(1.0,)),
      r"1\.6e\+09 entries \(about .* GiB\) > 2e\+08"),
     (dict(study="scale", dims=(10 ** 4,)), "needs about"),
+    (dict(study="dense", seeds=10 ** 9), "seeds is 1000000000, more than 10000"),
+    (dict(study="dense", ratios=tuple(range(1, 100))), "the number of ratios is 99"),
 ])
 def test_bad_config_is_refused_before_compute(tmp_path, kw, needle):
   (tmp_path / "results.json").write_text("earlier")
