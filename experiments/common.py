@@ -36,13 +36,27 @@ PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (--d
 
 PREEMPTED_EXIT = 3     # stopped after saving (--stop_after_chunks): re-run to resume
 IO_ERROR_EXIT = 4      # a write failed (e.g. the disk is full): free space, re-run to resume
-INTERRUPTED_EXIT = 130   # Ctrl-C (128 + SIGINT) or
-TERMINATED_EXIT = 143    # SIGTERM (128 + SIGTERM), after the last checkpoint is written
+INTERRUPTED_EXIT = 130   # Ctrl-C (128 + SIGINT), or
+TERMINATED_EXIT = 143    # SIGTERM (128 + SIGTERM): stopped at a chunk boundary, after saving
 
 
-class Terminated(BaseException):
-  """Raised in the main thread when the process receives SIGTERM (a queue's stop request)."""
 HELP_FLAGS = ("--help", "--helpshort", "-h", "-?")
+SIGNAL_EXITS = {signal.SIGINT: INTERRUPTED_EXIT, signal.SIGTERM: TERMINATED_EXIT}
+_SIGNALLED: list[int] = []
+
+
+def _on_signal(signum, frame):
+  """First Ctrl-C / SIGTERM: stop at the next chunk boundary, after its checkpoint; the second
+  one: stop at once (the last checkpoint on disk is kept)."""
+  del frame
+  if _SIGNALLED:
+    os.write(2, b"stopped at once; the last checkpoint on disk is kept\n")
+    os._exit(SIGNAL_EXITS[_SIGNALLED[0]])  # pylint: disable=protected-access
+  _SIGNALLED.append(signum)
+  what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+  checkpoint.request_stop(what)
+  os.write(2, f"{what}: stopping after the current chunk, once it is saved (again to stop at "
+              f"once)\n".encode())
 
 
 def run_app(main: Callable[[list[str]], None]) -> None:
@@ -63,14 +77,9 @@ def run_app(main: Callable[[list[str]], None]) -> None:
       if key in by_module:
         print(f"{title}:\n{flags.FLAGS.module_help(key).split(chr(10), 1)[1]}\n")
     sys.exit(0)
-  signal.signal(signal.SIGTERM, _terminate)
+  for signum in SIGNAL_EXITS:
+    signal.signal(signum, _on_signal)
   app.run(main, flags_parser=_parse_flags)
-
-
-def _terminate(signum, frame):
-  del signum, frame
-  signal.signal(signal.SIGTERM, signal.SIG_IGN)   # one stop request is enough
-  raise Terminated()
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -88,7 +97,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _not_noise(record) -> bool:
   """Drops Orbax's INFO lines, JAX's INFO notes about accelerator plugins it did not find, and
   the tracebacks libraries log when Ctrl-C or SIGTERM interrupts them."""
-  if record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, Terminated)):
+  if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
     return False   # a library's report of the stop we asked for: run_or_exit says it in one line
   if record.levelno >= std_logging.WARNING:
     return True
@@ -153,7 +162,8 @@ def run_or_exit(fn: Callable[[], object]) -> object:
   A bad-input `ConfigError` exits with 2; a (simulated) preemption exits with 3
   after the checkpoint is saved; a failed write (`OSError`, e.g. a full disk)
   with 4; Ctrl-C with 130 and SIGTERM with 143, after the run has closed its
-  checkpoints (the experiments' `run` does that on any exception).
+  checkpoints: a signal only asks the run to stop at its next chunk boundary,
+  after saving (`checkpoint.request_stop`); a second signal stops at once.
   """
   try:
     return fn()
@@ -161,17 +171,16 @@ def run_or_exit(fn: Callable[[], object]) -> object:
     fail(str(e))
   except checkpoint.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
-    sys.exit(PREEMPTED_EXIT)
+    sys.exit(SIGNAL_EXITS[_SIGNALLED[0]] if _SIGNALLED else PREEMPTED_EXIT)
   except OSError as e:
     where = f" while writing {e.filename}" if e.filename else ""
     print(f"error: {e.strerror or e}{where}; nothing complete was damaged: free the space and "
           f"re-run the same command to resume", file=sys.stderr)
     sys.exit(IO_ERROR_EXIT)
-  except (KeyboardInterrupt, Terminated) as e:
-    what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
-    print(f"{what}: the last checkpoint is kept; re-run the same command to resume",
-          file=sys.stderr)
-    sys.exit(TERMINATED_EXIT if isinstance(e, Terminated) else INTERRUPTED_EXIT)
+  except KeyboardInterrupt:   # Ctrl-C where no handler of ours runs (e.g. inside a library)
+    print("interrupted (Ctrl-C): the last checkpoint on disk is kept; re-run the same command "
+          "to resume", file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT)
 
 
 def is_writer() -> bool:

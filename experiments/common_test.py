@@ -50,15 +50,19 @@ def test_sigterm_or_ctrl_c_exits_with_its_code_after_the_checkpoint_and_resumes(
           "--optimizers=adam", "--target_widths=3,4,2", "--width_multipliers=1", "--seeds=2",
           "--steps=400000", "--chunk_steps=200", "--batch_size=16", "--eval_size=32"]
   proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-  lines = []
-  for line in proc.stderr:          # wait for the first finished (and checkpointed) chunk
-    lines.append(line)
-    if "chunk 2/" in line:
-      break
-  proc.send_signal(sig)
-  err = "".join(lines) + proc.stderr.read()
-  assert proc.wait(timeout=120) == code, err
-  assert "Traceback" not in err and "re-run the same command to resume" in err
+  try:
+    lines = []
+    for line in proc.stderr:          # wait for the first finished (and checkpointed) chunks
+      lines.append(line)
+      if "chunk 2/" in line:
+        break
+    proc.send_signal(sig)
+    err = "".join(lines) + proc.stderr.read()
+    assert proc.wait(timeout=120) == code, err
+  finally:
+    proc.kill()
+  assert "Traceback" not in err and "stopping after the current chunk" in err
+  assert "re-run the same command to resume" in err
   again = subprocess.run(argv + ["--stop_after_chunks=1"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
   assert again.returncode == 3 and "resumed after chunk" in again.stderr, again.stderr

@@ -34,6 +34,28 @@ class Preempted(Exception):
   """Raised after `Control.stop_after_chunks` chunks, once the checkpoint is on disk."""
 
 
+_STOP_REQUEST: list[str] = []   # why a stop was requested (e.g. a signal), once
+
+
+def request_stop(reason: str) -> None:
+  """Asks every run to stop at its next chunk boundary: the chunk is saved, then `Preempted`.
+
+  Safe to call from a signal handler: it only records the request, and the
+  running `Checkpoints` acts on it between chunks (never inside a save, a
+  compilation or a device computation).
+
+  Args:
+    reason: said in the `Preempted` message.
+  """
+  if not _STOP_REQUEST:
+    _STOP_REQUEST.append(reason)
+
+
+def stop_requested() -> bool:
+  """Whether `request_stop` was called in this process."""
+  return bool(_STOP_REQUEST)
+
+
 @dataclasses.dataclass(frozen=True)
 class Control:
   """How a run checkpoints (not part of its config: changing it never changes results).
@@ -138,6 +160,10 @@ class Checkpoints:
       items["state"] = ocp.args.StandardSave(_savable(jax.tree.leaves(state)))
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._step, self._meta, self._unsaved = step, meta, 0
+    if stop_requested():
+      self._manager.wait_until_finished()
+      raise Preempted(f"stopped after saving ({_STOP_REQUEST[0]}); re-run the same command to "
+                      f"resume")
 
   def chunk_done(self, meta: dict[str, Any], state=None, save: bool = False) -> None:
     """Counts one chunk of work; saves when due (or `save`); raises `Preempted` when told to stop."""
@@ -145,12 +171,13 @@ class Checkpoints:
     self._unsaved += 1
     stop = self._control.stop_after_chunks
     stopping = stop is not None and self._chunks >= stop
-    if save or stopping or self._unsaved >= self._control.every_chunks:
+    if save or stopping or stop_requested() or self._unsaved >= self._control.every_chunks:
       self.save(meta, state)
-    if stopping:
+    if stopping or stop_requested():
       self._manager.wait_until_finished()
-      raise Preempted(f"stopped after {self._chunks} chunks (--stop_after_chunks); "
-                      f"re-run the same command to resume")
+      why = _STOP_REQUEST[0] if _STOP_REQUEST else "--stop_after_chunks"
+      raise Preempted(f"stopped after {self._chunks} chunks ({why}); re-run the same command "
+                      f"to resume")
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""

@@ -18,9 +18,12 @@ class ConfigError(ValueError):
 
 
 def positive_int(name: str, value: Any) -> int:
-  """Returns `value` if it is an integer >= 1, else raises `ConfigError`."""
+  """Returns `value` if it is an integer in [1, 2**31) (counts and sizes are int32 on the
+  device), else raises `ConfigError`."""
   if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 1:
     raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+  if int(value) >= 2 ** 31:
+    raise ConfigError(f"{name} must be below 2**31 (an int32 on the device), got {int(value)}")
   return int(value)
 
 

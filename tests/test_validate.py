@@ -58,3 +58,9 @@ def test_a_base_seed_beyond_32_bits_is_refused():
   assert validate.prng_seed("seed", 2 ** 32 - 1) == 2 ** 32 - 1
   with pytest.raises(validate.ConfigError, match="below 2\\*\\*32"):
     validate.prng_seed("seed", 2 ** 32)
+
+
+def test_counts_beyond_int32_are_refused():
+  assert validate.positive_int("steps", 2 ** 31 - 1) == 2 ** 31 - 1
+  with pytest.raises(validate.ConfigError, match="steps must be below 2\\*\\*31"):
+    validate.positive_int("steps", 10 ** 23)

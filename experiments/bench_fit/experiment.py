@@ -131,6 +131,9 @@ def check_config(config: Config) -> list[fitspec.FitSpec]:
     raise validate.ConfigError("need at least one method")
   for m in config.methods:
     validate.one_of("method", m, METHODS)
+  if "vmap" not in config.methods:   # every ratio compares a method with jaxnorm's vmap row
+    raise validate.ConfigError(f"methods must include vmap (what the others are compared "
+                               f"with), got {list(config.methods)}")
   if not config.settings:
     raise validate.ConfigError("--settings needs at least one of small, large")
   names = list(config.settings)

@@ -101,6 +101,7 @@ def test_flops():
 @pytest.mark.parametrize("kw, match", [
     (dict(methods=("vmap", "pmap")), "pmap"),
     (dict(methods=()), "at least one method"),
+    (dict(methods=("torch",)), "must include vmap"),
     (dict(repeats=0), "repeats"),
     (dict(norm="layernorm"), "torch peer needs norm=affine"),
     (dict(settings=("small", "small")), "names must differ"),
