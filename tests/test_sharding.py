@@ -51,8 +51,8 @@ def test_two_hosts_write_what_one_host_writes(four_devices, workdirs):
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   flags = ["--target_widths=3,4,2", "--width_multipliers=1", "--seeds=5", "--steps=10",
-           "--chunk_steps=5", "--batch_size=16", "--eval_size=64", "--fit_size=32",
-           "--restarts=2", "--student_steps=5", "--distributed",
+           "--chunk_steps=5", "--batch_size=16", "--eval_size=64",
+           "--optimizers=adam,construct", "--distributed",
            f"--coordinator_address=localhost:{port}", "--num_processes=2",
            f"--workdir={workdirs / 'two_processes'}"]
   procs = [subprocess.Popen([sys.executable, "-m", "experiments.fit_target", *flags,

@@ -101,6 +101,8 @@ def test_cells_are_the_union_of_the_sweeps():
     (dict(seed=-1), "seed"),
     (dict(modes=("norm", "norm")), "repeats"),
     (dict(conv_channels=(0,)), "conv_channels"),
+    (dict(keep_probs=(0.0,)), "0"),
+    (dict(mlp_widths=(-2,)), "-2"),
     (dict(conv_channels=()), "give their conv_channels too"),
     (dict(mlp_depths=(100000,)), "depth is 100000, more than 64"),
     (dict(mlp_widths=tuple(range(1, 100))), "the number of mlp_widths is 99, more than 64"),
@@ -140,8 +142,6 @@ def _cli(*args):
 
 @pytest.mark.parametrize("flags,needle", [
     (["--modes=norm,weights"], "weights"),
-    (["--keep_probs=0"], "0"),
-    (["--mlp_widths=-2"], "-2"),
     (["--devices=99"], "asked for 99 devices"),
     (["--mlp_widths=1000000", "--conv_depths="], "needs about"),
     (["--stop_after_chunks=0"], "stop_after_chunks"),

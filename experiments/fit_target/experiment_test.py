@@ -9,8 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
 from jaxnorm import checkpoint
+from experiments import config_flags
 from experiments.fit_target import experiment as fit_target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -100,8 +102,20 @@ def test_cli_end_to_end(tmp_path):
   assert json.loads((tmp_path / "results.json").read_text())["frozen_unchanged"] is True
 
 
-BAD_FLAGS = [
+# Bad values, refused in one line before compute: through the CLI (a fresh process each, so a
+# few representative ones) ...
+CLI_BAD_FLAGS = [
     (["--sparsity=1.5"], "1.5"),
+    (["--target_widths=3,x"], "x"),
+    (["--widths=5", "--width_multipliers=1"], "not both"),
+    (["--optimizers=adam,foo"], "unknown optimizer 'foo'"),
+    (["--devices=9"], "asked for 9 devices"),
+    (["--stop_after_chunks=0"], "stop_after_chunks"),
+    (["--checkpoint_every=0"], "checkpoint_every"),
+    (["--widths=100000", "--seeds=4096"], "of memory"),
+]
+# ... and the rest through the same generated flags, in this process.
+BAD_FLAGS = [
     (["--sparsity=0"], "0"),
     (["--steps=0"], "steps"),
     (["--seeds=0"], "seeds"),
@@ -109,22 +123,16 @@ BAD_FLAGS = [
     (["--target_widths=" + ",".join(["2"] * 2000)], "depth is 1999, more than 64"),
     (["--target_widths=3,-4,2"], "-4"),
     (["--widths=0"], "0"),
-    (["--target_widths=3,x"], "x"),
-    (["--widths=5", "--width_multipliers=1"], "not both"),
     (["--optimizer=sgd"], "unknown optimizer 'sgd'"),
-    (["--optimizers=adam,foo"], "unknown optimizer 'foo'"),
     (["--optimizer=lm", "--fit_size=0"], "fit_size"),
     (["--optimizer=distill", "--init=linear"], "init=standard"),
     (["--init=linear", "--norm=layernorm"], "init=linear"),
-    (["--devices=9"], "asked for 9 devices"),
     (["--seed_chunk=-1"], "seed_chunk"),
-    (["--stop_after_chunks=0"], "stop_after_chunks"),
-    (["--checkpoint_every=0"], "checkpoint_every"),
-    (["--widths=100000", "--seeds=4096"], "of memory"),
+    (["--seed=4294967296"], "below 2**32"),
 ]
 
 
-@pytest.mark.parametrize("flags,needle", BAD_FLAGS)
+@pytest.mark.parametrize("flags,needle", CLI_BAD_FLAGS)
 def test_cli_bad_input_is_one_line_and_leaves_workdir_alone(tmp_path, flags, needle):
   results = tmp_path / "results.json"
   results.write_text('{"earlier": "run"}\n')
@@ -135,6 +143,16 @@ def test_cli_bad_input_is_one_line_and_leaves_workdir_alone(tmp_path, flags, nee
   assert "Traceback" not in proc.stderr
   assert results.read_text() == '{"earlier": "run"}\n'
   assert sorted(os.listdir(tmp_path)) == ["results.json"]
+
+
+@pytest.mark.parametrize("argv,needle", BAD_FLAGS)
+def test_bad_flag_values_are_refused_before_compute(tmp_path, no_compute, argv, needle):
+  values = flags.FlagValues()
+  parsed = config_flags.ConfigFlags(fit_target.Config, {"default": fit_target.Config}, values)
+  values(["prog", *argv])
+  with pytest.raises(fit_target.validate.ConfigError, match=re.escape(needle)):
+    fit_target.run(parsed.value(), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
 
 
 def test_cli_workdir_that_is_a_file(tmp_path):
@@ -148,7 +166,7 @@ def test_cli_workdir_that_is_a_file(tmp_path):
 
 RESUMABLE = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(0.5, 1.0), seeds=2,
                               steps=30, chunk_steps=15, batch_size=16, eval_size=64,
-                              fit_size=32, restarts=2, student_steps=5)   # the default methods
+                              optimizers=("adam", "construct"))
 OUTPUT_FILES = ("results.json", "metrics.csv", "curves.csv")
 
 
