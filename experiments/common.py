@@ -95,10 +95,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _not_noise(record) -> bool:
-  """Drops Orbax's INFO lines, JAX's INFO notes about accelerator plugins it did not find, and
-  the tracebacks libraries log when Ctrl-C or SIGTERM interrupts them."""
-  if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
-    return False   # a library's report of the stop we asked for: run_or_exit says it in one line
+  """Drops Orbax's INFO lines and JAX's INFO notes about accelerator plugins it did not find."""
   if record.levelno >= std_logging.WARNING:
     return True
   if "/orbax/" in record.pathname:
@@ -177,10 +174,6 @@ def run_or_exit(fn: Callable[[], object]) -> object:
     print(f"error: {e.strerror or e}{where}; nothing complete was damaged: free the space and "
           f"re-run the same command to resume", file=sys.stderr)
     sys.exit(IO_ERROR_EXIT)
-  except KeyboardInterrupt:   # Ctrl-C where no handler of ours runs (e.g. inside a library)
-    print("interrupted (Ctrl-C): the last checkpoint on disk is kept; re-run the same command "
-          "to resume", file=sys.stderr)
-    sys.exit(INTERRUPTED_EXIT)
 
 
 def is_writer() -> bool:

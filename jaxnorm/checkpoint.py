@@ -173,11 +173,10 @@ class Checkpoints:
     stopping = stop is not None and self._chunks >= stop
     if save or stopping or stop_requested() or self._unsaved >= self._control.every_chunks:
       self.save(meta, state)
-    if stopping or stop_requested():
+    if stopping:   # (a stop request was acted on by the save above)
       self._manager.wait_until_finished()
-      why = _STOP_REQUEST[0] if _STOP_REQUEST else "--stop_after_chunks"
-      raise Preempted(f"stopped after {self._chunks} chunks ({why}); re-run the same command "
-                      f"to resume")
+      raise Preempted(f"stopped after {self._chunks} chunks (--stop_after_chunks); re-run the "
+                      f"same command to resume")
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""
