@@ -11,7 +11,7 @@
   the frozen leaves are bound, so only the trainable partition is ever
   differentiated and only it has optimizer state; a step whose loss or new
   parameters are non-finite is undone and the seed marked diverged (it keeps
-  its last finite parameters, the others carry on);
+  the last parameters whose loss was finite, the others carry on);
 * `evaluate`: the task's metrics, BatchNorm on its running averages.
 
 The seed axis is batched with `jax.vmap` (or `lax.map`, or `lax.map` over
@@ -30,6 +30,7 @@ import time
 from typing import Any, Callable, NamedTuple, Optional, Protocol, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
@@ -305,7 +306,8 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
         prepared = True
     if prepared:
       state = state._replace(opt_state=run.map(
-          lambda c, s: method.init(s.trainable))(state))
+          lambda c, s: method.init(s.trainable))(state),
+          previous=jax.tree.map(jnp.copy, state.trainable))   # its own buffers: state is donated
       if checkpoint is not None:
         checkpoint.save(0, len(lengths), state, curve)
   if programs.subset:

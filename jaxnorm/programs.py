@@ -43,6 +43,7 @@ class SeedState(NamedTuple):
   data_key: jax.Array
   task: Any           # the task's per-seed state (held-out set, target, fixed batch)
   diverged: jax.Array  # bool: loss or parameters went non-finite; frozen since
+  previous: Any       # `trainable` before the last update (its loss was finite)
 
 
 def _hashable(obj):
@@ -141,7 +142,8 @@ class Programs:
     task_state = plan.task.init(keys["target"], keys["eval"], fixed_key, consts,
                                 plan.method.full_batch)
     return SeedState(trainable, frozen, model_state, plan.method.init(trainable), masks,
-                     jnp.zeros((), jnp.int32), keys["data"], task_state, jnp.zeros((), bool))
+                     jnp.zeros((), jnp.int32), keys["data"], task_state, jnp.zeros((), bool),
+                     trainable)
 
   def _predict(self, state: SeedState, trainable, x):
     return self.model.apply(freeze.combine(trainable, state.frozen), state.model_state, x,
@@ -180,9 +182,16 @@ class Programs:
           self.objective(consts, state), state.trainable, state.opt_state)
       if state.masks is not None:
         trainable = jax.tree.map(jnp.where, state.masks, trainable, state.trainable)
-      ok = ~state.diverged & jnp.isfinite(loss) & all_finite(trainable)
+      loss_ok = jnp.isfinite(loss)   # the loss of `state.trainable`, before this update
+      ok = ~state.diverged & loss_ok & all_finite(trainable)
       keep = lambda a, b: jax.tree.map(lambda u, v: jnp.where(ok, u, v), a, b)
-      state = state._replace(trainable=keep(trainable, state.trainable),
+      # On divergence a seed keeps the last parameters whose loss was finite: the
+      # current ones if only the update failed, else the ones before the update
+      # that made the loss blow up (finite but huge parameters are not kept).
+      last_good = jax.tree.map(lambda u, v: jnp.where(state.diverged | loss_ok, u, v),
+                               state.trainable, state.previous)
+      state = state._replace(trainable=keep(trainable, last_good),
+                             previous=keep(state.trainable, last_good),
                              model_state=keep(model_state, state.model_state),
                              opt_state=keep(opt_state, state.opt_state), step=state.step + 1,
                              diverged=~ok)

@@ -262,8 +262,9 @@ def poisoned_seed_1(monkeypatch):
   def init_seed(self, consts, seed_id):
     state = real(self, consts, seed_id)
     bad = seed_id == 1
-    return state._replace(trainable={p: jnp.where(bad & (p[-1] == "scale"), jnp.nan, v)
-                                     for p, v in state.trainable.items()})
+    poisoned = {p: jnp.where(bad & (p[-1] == "scale"), jnp.nan, v)
+                for p, v in state.trainable.items()}
+    return state._replace(trainable=poisoned, previous=poisoned)
 
   with programs_lib.cache.isolated():
     monkeypatch.setattr(programs_lib.Programs, "init_seed", init_seed)
@@ -281,6 +282,23 @@ def test_a_nan_seed_is_marked_diverged_and_the_others_carry_on(linen_fit, poison
     assert bit_identical(after[path][1], value[0]), path
   for s in (0, 2):
     np.testing.assert_allclose(result.loss_curve[s], linen_fit.loss_curve[s], rtol=1e-5)
+
+
+def test_a_seed_whose_loss_blows_up_keeps_its_last_parameters_with_a_finite_loss():
+  # Adam at lr 1e12 takes every seed to finite but huge norms in one step; the
+  # loss there overflows, so each seed goes back to the norms before that step
+  # (its initial ones) and reports their metric, not inf.
+  model = jaxnorm.NormMLP(widths=(4, 32, 1))
+  task = jaxnorm.Regression(jaxnorm.RandomMLP((4, 8, 1)), eval_size=256)
+  result = jaxnorm.fit(model, task, 3, optimizer=optax.adam(1e12), steps=4, chunk_steps=1,
+                       batch_size=32)
+  assert result.diverged.all()
+  assert np.isfinite(result.loss_curve[:, 0]).all() and np.isnan(result.loss_curve[:, 1:]).all()
+  assert np.isfinite(result.metrics["rel_mse"]).all()
+  start = engine.init_states(model, task, [0, 1, 2])
+  after = _flat(result.params)
+  for path, value in start.trainable.items():
+    assert bit_identical(after[path], value), path
 
 
 def test_stop_and_resume_is_bit_identical(tmp_path):
