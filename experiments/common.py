@@ -119,13 +119,24 @@ class _Plain(std_logging.Formatter):
     return line
 
 
+def _quiet_unraisable(unraisable) -> None:
+  """Drops "Event loop is closed" from reads still in flight when Orbax gave up on a damaged
+  checkpoint (its restore already failed, and was reported); passes on everything else."""
+  value = unraisable.exc_value
+  if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def start() -> None:
   """Joins the multi-host job if asked, then logs processes and devices (first thing in main).
 
   Log lines are plain (`time  message`); Orbax's own INFO lines (a dozen per
   checkpoint) and JAX's note on each accelerator backend it could not load are
-  dropped.
+  dropped, as are the "Event loop is closed" complaints of reads Orbax left in
+  flight when it gave up on a damaged checkpoint.
   """
+  sys.unraisablehook = _quiet_unraisable
   logging.get_absl_handler().setFormatter(_Plain())
   logging.get_absl_logger().addFilter(_not_noise)
   std_logging.getLogger("jax._src.xla_bridge").addFilter(_not_noise)

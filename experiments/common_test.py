@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -78,3 +79,17 @@ def test_a_failed_write_is_one_line_and_exit_code_4(capsys):
   assert exit_info.value.code == common.IO_ERROR_EXIT
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and "No space left on device while writing /w/results.json" in err
+
+
+def test_only_the_closed_event_loop_of_an_abandoned_orbax_read_is_kept_quiet(monkeypatch):
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  passed_on = []
+  monkeypatch.setattr(sys, "__unraisablehook__", passed_on.append)
+  unraisable = lambda e: types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=None,
+                                               err_msg=None, object=None)
+  common._quiet_unraisable(unraisable(RuntimeError("Event loop is closed")))
+  assert passed_on == []
+  others = [RuntimeError("something else"), ValueError("Event loop is closed")]
+  for other in others:
+    common._quiet_unraisable(unraisable(other))
+  assert [u.exc_value for u in passed_on] == others

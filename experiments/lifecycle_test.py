@@ -1,6 +1,7 @@
 """Tests for experiments/lifecycle.py: one writer per workdir."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -91,25 +92,42 @@ def test_a_damaged_json_file_is_named_in_one_line_and_left_alone(tmp_path, name,
                                             else content.encode())
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path):
+def _damage(step_dir, how):
+  """Damages one checkpoint step the ways a crash, a full disk or a stray write would."""
+  if how == "meta":
+    (step_dir / "meta" / "metadata").write_text("garbage")
+  elif how == "no state":
+    shutil.rmtree(step_dir / "state")
+  else:   # the state's data files truncated, or overwritten with garbage of the same size
+    for root, _, files in os.walk(step_dir / "state"):
+      for name in files:
+        path = os.path.join(root, name)
+        if os.sep + "d" + os.sep in path:
+          size = os.path.getsize(path)
+          with open(path, "r+b") as f:
+            if how == "truncated state":
+              f.truncate(size // 2)
+            else:
+              f.write(b"\x5a" * size)
+
+
+@pytest.mark.parametrize("how", ["meta", "no state", "truncated state", "overwritten state"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, how):
   config = _stopped(tmp_path)
   steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
   assert len(steps) == 2
-  (tmp_path / "checkpoints" / str(steps[-1]) / "meta" / "metadata").write_text("garbage")
-  whole = fit_target.run(config, str(tmp_path / "whole"))
-  resumed = fit_target.run(config, str(tmp_path))     # from the older checkpoint, with a warning
-  assert resumed["rows"] == whole["rows"]
+  _damage(tmp_path / "checkpoints" / str(steps[-1]), how)
+  ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"))   # passes over it, with a warning
+  assert ckpts.meta["chunks_done"] == 1
+  ckpts.close()
+  resumed = fit_target.run(config, str(tmp_path))
+  assert resumed["rows"] == fit_target.run(config, str(tmp_path / "whole"))["rows"]
 
 
-def test_every_checkpoint_damaged_or_a_damaged_state_is_one_clear_error(tmp_path):
+def test_every_checkpoint_damaged_is_one_clear_error(tmp_path):
   config = _stopped(tmp_path)
-  steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
-  import shutil  # pylint: disable=g-import-not-at-top
-  shutil.rmtree(tmp_path / "checkpoints" / str(steps[-1]) / "state")
-  with pytest.raises(validate.ConfigError, match=rf"checkpoint {steps[-1]} .* is damaged"):
-    fit_target.run(config, str(tmp_path))
-  for step in steps:
-    (tmp_path / "checkpoints" / str(step) / "meta" / "metadata").write_text("garbage")
+  for step, how in zip(sorted(os.listdir(tmp_path / "checkpoints")), ["no state", "meta"]):
+    _damage(tmp_path / "checkpoints" / step, how)
   with pytest.raises(validate.ConfigError, match="every checkpoint in .* is damaged"):
     fit_target.run(config, str(tmp_path))
   assert fit_target.run(config, str(tmp_path), checkpoint.Control(overwrite=True))["rows"]

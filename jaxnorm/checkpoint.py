@@ -7,7 +7,13 @@ The only module that imports Orbax. A run keeps one `Checkpoints` directory
   stands (which unit of work, how many chunks of it are done);
 * `state` (optional): the arrays of the unit in progress — e.g. a fit's whole
   `FitState` (sharded arrays are saved and restored with their shardings) and
-  its loss curve so far.
+  its loss curve so far;
+* `index`: JSON — the shapes and dtypes of `state`'s leaves (or `null`).
+
+Opening a directory reads the newest step whole (its state onto the host, as
+the index describes it) before trusting it; a step that cannot be read — its
+meta or its state truncated, overwritten or missing — is passed over with a
+warning and deleted, and the run resumes from the older intact step.
 
 Re-running the same command restores the newest step and continues from it;
 the programs are deterministic given their state, so the results are
@@ -26,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from jaxnorm import validate
 
@@ -111,10 +118,7 @@ class Checkpoints:
     damaged = []
     for step in steps:   # the newest intact one; a damaged newer one is passed over, with a warning
       try:
-        meta = self._manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore())).meta
-        if not isinstance(meta, dict):
-          raise ValueError(f"its meta is {type(meta).__name__}, not a dict")
+        meta = self._read_intact(step)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("checkpoint %d in %s is damaged (%s); trying an older one", step,
                         directory, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
@@ -131,6 +135,24 @@ class Checkpoints:
       self._manager.delete(step)
     self._chunks = 0        # chunks run by this process
     self._unsaved = 0       # chunks since the last save
+
+  def _read_intact(self, step: int) -> dict[str, Any]:
+    """The meta of `step` after its state (if any) has been read whole; raises if damaged."""
+    items = dict(meta=ocp.args.JsonRestore())
+    indexed = (epath.Path(self._directory) / str(step) / "index").exists()
+    if indexed:   # (steps written before the index existed are trusted as before)
+      items["index"] = ocp.args.JsonRestore()
+    read = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if not isinstance(read.meta, dict):
+      raise ValueError(f"its meta is {type(read.meta).__name__}, not a dict")
+    leaves = read.index.get("state") if indexed else None
+    if leaves is not None:   # read every array onto the host, then let it go
+      host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+      abstract = [jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=host)
+                  for shape, dtype in leaves]
+      self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))
+    return read.meta
 
   @property
   def meta(self) -> Optional[dict[str, Any]]:
@@ -156,8 +178,12 @@ class Checkpoints:
     """Saves `meta` (and the pytree `state`, if given) as the next step."""
     step = 0 if self._step is None else self._step + 1
     items = {"meta": ocp.args.JsonSave(meta)}
+    index = None
     if state is not None:
-      items["state"] = ocp.args.StandardSave(_savable(jax.tree.leaves(state)))
+      leaves = _savable(jax.tree.leaves(state))
+      items["state"] = ocp.args.StandardSave(leaves)
+      index = [[list(x.shape), np.dtype(x.dtype).name] for x in leaves]
+    items["index"] = ocp.args.JsonSave({"state": index})
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._step, self._meta, self._unsaved = step, meta, 0
     if stop_requested():
