@@ -95,11 +95,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _not_noise(record) -> bool:
-  """Drops Orbax's INFO lines and JAX's INFO notes about accelerator plugins it did not find."""
+  """Drops Orbax's INFO lines and the tracebacks its threads log when a write fails (the
+  failure reaches the run as an exception, reported in one line), asyncio's complaints about
+  Orbax tasks whose failure was already reported, and JAX's INFO notes about accelerator
+  plugins it did not find."""
+  if "/orbax/" in record.pathname:
+    return std_logging.WARNING <= record.levelno < std_logging.ERROR and not record.exc_info
+  if record.name == "asyncio":
+    return "orbax" not in record.getMessage() and "orbax" not in str(record.exc_info)
   if record.levelno >= std_logging.WARNING:
     return True
-  if "/orbax/" in record.pathname:
-    return False
   return not ("xla_bridge" in record.pathname and "Unable to initialize backend" in
               record.getMessage())
 
@@ -139,7 +144,8 @@ def start() -> None:
   sys.unraisablehook = _quiet_unraisable
   logging.get_absl_handler().setFormatter(_Plain())
   logging.get_absl_logger().addFilter(_not_noise)
-  std_logging.getLogger("jax._src.xla_bridge").addFilter(_not_noise)
+  for name in ("jax._src.xla_bridge", "asyncio"):
+    std_logging.getLogger(name).addFilter(_not_noise)
   if DISTRIBUTED.value:
     try:
       jax.distributed.initialize(coordinator_address=COORDINATOR.value,

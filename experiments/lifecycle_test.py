@@ -1,5 +1,6 @@
 """Tests for experiments/lifecycle.py: one writer per workdir."""
 
+import errno
 import os
 import shutil
 import subprocess
@@ -134,7 +135,6 @@ def test_every_checkpoint_damaged_is_one_clear_error(tmp_path):
 
 
 def test_a_full_disk_at_the_end_damages_nothing_and_the_run_resumes(tmp_path, monkeypatch):
-  import errno  # pylint: disable=g-import-not-at-top
   from experiments import outputs  # pylint: disable=g-import-not-at-top
   whole = fit_target.run(TINY, str(tmp_path / "whole"))
   real = outputs._atomic_write
@@ -150,3 +150,36 @@ def test_a_full_disk_at_the_end_damages_nothing_and_the_run_resumes(tmp_path, mo
   assert lifecycle.LOCK not in os.listdir(tmp_path / "w")
   monkeypatch.setattr(outputs, "_atomic_write", real)
   assert fit_target.run(TINY, str(tmp_path / "w"))["rows"] == whole["rows"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+  """A 1 MiB tmpfs (needs the right to mount, as root in a container has; skipped otherwise)."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                           capture_output=True, check=False).returncode == 0
+  if not mounted:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    yield disk
+  finally:
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_disk_that_fills_up_inside_a_checkpoint_save_and_the_resume_once_freed(tiny_disk,
+                                                                                  tmp_path):
+  config = _stopped(tiny_disk / "w", chunks=1)            # one complete checkpoint on the disk
+  complete = sorted(os.listdir(tiny_disk / "w" / "checkpoints"))
+  step_bytes = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in
+                   os.walk(tiny_disk / "w" / "checkpoints" / complete[-1]) for f in files)
+  free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+  (tiny_disk / "ballast").write_bytes(b"\0" * (free - step_bytes // 2))   # room for half a step
+  with pytest.raises(OSError) as info:
+    fit_target.run(config, str(tiny_disk / "w"))
+  assert info.value.errno == errno.ENOSPC and "checkpoints" in str(info.value.filename)
+  assert sorted(p for p in os.listdir(tiny_disk / "w" / "checkpoints") if p.isdigit()) == [
+      p for p in complete if p.isdigit()]                    # the complete step is untouched
+  os.remove(tiny_disk / "ballast")
+  resumed = fit_target.run(config, str(tiny_disk / "w"))
+  assert resumed["rows"] == fit_target.run(config, str(tmp_path / "whole"))["rows"]

@@ -24,7 +24,10 @@ simulates a preemption: after that many chunks the state is saved and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import re
 from typing import Any, Optional
 
 import jax
@@ -98,6 +101,31 @@ def _savable(leaves):
 
 def _abstract(x):
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+@contextlib.contextmanager
+def _writing(directory: str):
+  """Re-raises a failed Orbax write as the `OSError` behind it (e.g. `ENOSPC`, a full disk).
+
+  Orbax reports an operating-system failure of its writers as a `ValueError`
+  (`RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']`); the
+  caller gets `OSError(errno, strerror, directory)` instead, like any other
+  failed write.
+  """
+  try:
+    yield
+  except OSError as e:
+    if e.filename is not None or e.errno is None:
+      raise
+    raise OSError(e.errno, e.strerror, directory) from e
+  except Exception as e:  # pylint: disable=broad-except
+    code = _OS_ERROR_CODE.search(str(e))
+    if code is None:
+      raise
+    raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), directory) from e
 
 
 class Checkpoints:
@@ -184,10 +212,11 @@ class Checkpoints:
       items["state"] = ocp.args.StandardSave(leaves)
       index = [[list(x.shape), np.dtype(x.dtype).name] for x in leaves]
     items["index"] = ocp.args.JsonSave({"state": index})
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    with _writing(self._directory):   # (raises a failure of the previous, asynchronous save)
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._step, self._meta, self._unsaved = step, meta, 0
     if stop_requested():
-      self._manager.wait_until_finished()
+      self._wait()
       raise Preempted(f"stopped after saving ({_STOP_REQUEST[0]}); re-run the same command to "
                       f"resume")
 
@@ -200,14 +229,26 @@ class Checkpoints:
     if save or stopping or stop_requested() or self._unsaved >= self._control.every_chunks:
       self.save(meta, state)
     if stopping:   # (a stop request was acted on by the save above)
-      self._manager.wait_until_finished()
+      self._wait()
       raise Preempted(f"stopped after {self._chunks} chunks (--stop_after_chunks); re-run the "
                       f"same command to resume")
 
+  def _wait(self) -> None:
+    with _writing(self._directory):
+      self._manager.wait_until_finished()
+
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves and releases the manager.
+
+    Raises:
+      OSError: a pending save failed (e.g. the disk is full); the step it was
+        writing is left unfinished, which Orbax never mistakes for a
+        checkpoint, so the run resumes from the last complete one.
+    """
+    try:
+      self._wait()
+    finally:
+      self._manager.close()
 
 
 class FitSlot:

@@ -1,8 +1,11 @@
 """Tests for jaxnorm.checkpoint: a fit stopped and resumed is bit-identical to one never stopped."""
 
+import errno
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import jaxnorm
@@ -84,3 +87,25 @@ def test_a_checkpoint_from_another_device_count_is_refused(tmp_path):
       slot.restore(None, np.zeros((2, 4)))   # 3 seeds padded to 4, as on 4 devices
   finally:
     ckpts.close()
+
+
+def test_a_full_disk_inside_an_orbax_save_is_the_oserror_behind_it(tmp_path, monkeypatch):
+  real = ocp.CheckpointManager.save
+  calls = []
+
+  def save(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:   # what Orbax raises when a tensorstore write hits a full disk
+      raise ValueError("RESOURCE_EXHAUSTED: Error writing \"0/0.0\" in OCDBT database: Failed to "
+                       "write 8252 bytes to file 6: No space left on device [os_error_code='28']")
+    return real(self, *args, **kwargs)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  ckpts = checkpoint.Checkpoints(str(tmp_path))
+  ckpts.save({"unit": 0}, [jnp.ones(3)])
+  with pytest.raises(OSError) as info:
+    ckpts.save({"unit": 1}, [jnp.ones(3)])
+  assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path)
+  ckpts.close()
+  reopened = checkpoint.Checkpoints(str(tmp_path))
+  assert reopened.meta == {"unit": 0}   # the complete step is intact
+  reopened.close()
