@@ -1,1 +1,2 @@
-"""absl-flag mains; each parses flags into a library `Config` and calls `run`."""
+"""The experiments: absl-flag mains; each parses its flags into its experiment's `Config` and
+calls `run(config, workdir, control)`."""

@@ -11,6 +11,12 @@ into --workdir/checkpoints after every chunk, and re-running the same command
 resumes. Every flag below overrides the field of the named --config.
 """
 
+import signal
+
+signal.signal(signal.SIGINT, signal.SIG_DFL)   # Ctrl-C while importing: stop at once, no traceback
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+
 from absl import flags
 
 from experiments import common
