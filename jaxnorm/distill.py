@@ -30,6 +30,7 @@ import optax
 
 from jaxnorm import models
 from jaxnorm import second_order
+from jaxnorm import validate
 
 EXPLORE_STEPS = 500      # full-batch Adam steps on every restart before Gauss–Newton
 EXPLORE_LR = 1e-2        # peak learning rate of that phase (cosine decay)
@@ -74,6 +75,7 @@ def fit_student(key: jax.Array, widths: Sequence[int], x: jax.Array, y: jax.Arra
     `(student, loss)`: the best student `[(W[out, in], b[out]), ...]` and its
     loss on `(x, y)` (`inf` where every restart produced a non-finite loss).
   """
+  validate.finite_if_concrete(x=x, y=y)
   select = min(SELECT_STEPS, steps)
 
   def start(k):

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxnorm import validate
+
 # Damping is kept in [MIN_DAMPING, MAX_DAMPING]; D is floored at DIAG_FLOOR * max(diag J^T J)
 # so that a column of zeros (a dead unit) leaves the system positive definite.
 MIN_DAMPING = 1e-9
@@ -139,6 +141,7 @@ def lm_fit(predict: Predict, params, x: jax.Array, y: jax.Array, weight, steps: 
   Returns:
     `(params, state, losses [steps], final_loss)`.
   """
+  validate.finite_if_concrete(x=x, y=y)
   state = lm_init() if state is None else state
 
   def body(carry, _):

@@ -57,7 +57,12 @@ def _as_layers(target) -> Optional[list]:
   if isinstance(target, (list, tuple)) and target and all(
       isinstance(l, (list, tuple)) and len(l) == 2 for l in target):
     validate.target_layers(target)
-    return [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in target]
+    layers = [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in target]
+    for k, (w, b) in enumerate(layers):
+      for name, a in (("weight", w), ("bias", b)):
+        if not np.isfinite(a).all():
+          raise validate.ConfigError(f"target[{k}] {name} must be finite (found NaN or inf)")
+    return layers
   return None
 
 
@@ -71,6 +76,8 @@ def _rows(name: str, x, y, y_ndim: Optional[int] = None):
     raise validate.ConfigError(f"{name}: Y must have {y_ndim} dims, got shape {y.shape}")
   if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
     raise validate.ConfigError(f"{name}: X must be finite numbers")
+  if not np.issubdtype(y.dtype, np.number) or not np.isfinite(y).all():
+    raise validate.ConfigError(f"{name}: Y must be finite numbers")
   return x, y
 
 

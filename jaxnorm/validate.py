@@ -10,6 +10,7 @@ import math
 import os
 from typing import Any, Iterable, Sequence
 
+import jax
 import numpy as np
 
 
@@ -178,3 +179,20 @@ def workdir(path: str) -> str:
   if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
     raise ConfigError(f"workdir {path} is not writable")
   return path
+
+
+def finite_if_concrete(**arrays) -> None:
+  """Refuses NaN or inf in each named array that holds values (tracers pass through).
+
+  For functions that are also called under `jit`/`vmap`: a direct call with
+  concrete arrays is checked, a traced one is not (its caller checks).
+
+  Args:
+    **arrays: `name=array`.
+  """
+  for name, a in arrays.items():
+    if a is None or isinstance(a, jax.core.Tracer):
+      continue
+    values = np.asarray(a)
+    if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
+      raise ConfigError(f"{name} must be finite (found NaN or inf)")

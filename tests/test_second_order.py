@@ -37,3 +37,10 @@ def test_lm_rejects_a_step_that_would_make_the_loss_non_finite():
       {"a": jnp.asarray(80.0)})
   assert np.isfinite(float(params["a"]))
   assert float(state2.damping) >= float(state.damping)
+
+
+def test_lm_fit_refuses_non_finite_data_on_a_direct_call():
+  x, y = np.ones((4, 2), np.float32), np.full((4, 1), np.nan, np.float32)
+  params = {"w": jnp.zeros((2, 1)), "b": jnp.zeros(1)}
+  with np.testing.assert_raises_regex(ValueError, "y must be finite"):
+    second_order.lm_fit(_linear, params, x, y, 1.0, 2)

@@ -67,7 +67,10 @@ def test_equal_tasks_share_compiled_programs():
 
 @pytest.mark.parametrize("make,message", [
     (lambda: jaxnorm.Regression((np.ones((3, 2)), np.ones(3)), holdout=0.1), "too few"),
-    (lambda: jaxnorm.Regression((np.full((5, 2), np.nan), np.ones(5))), "finite"),
+    (lambda: jaxnorm.Regression((np.full((5, 2), np.nan), np.ones(5))), "X must be finite"),
+    (lambda: jaxnorm.Regression((np.ones((5, 2)), np.full(5, np.inf))), "Y must be finite"),
+    (lambda: jaxnorm.Regression([(np.full((1, 2), np.nan), np.zeros(1))]),
+     r"target\[0\] weight must be finite"),
     (lambda: jaxnorm.Regression(jnp.sin, inputs=lambda key, n: jnp.ones(n)), "return \\[n, d_in\\]"),
     (lambda: jaxnorm.Regression(jnp.sin, in_dim=2, loss="mse"), "loss must be a callable"),
     (lambda: jaxnorm.Regression((np.ones((5, 2)), np.ones((5, 1))),

@@ -64,3 +64,12 @@ def test_counts_beyond_int32_are_refused():
   assert validate.positive_int("steps", 2 ** 31 - 1) == 2 ** 31 - 1
   with pytest.raises(validate.ConfigError, match="steps must be below 2\\*\\*31"):
     validate.positive_int("steps", 10 ** 23)
+
+
+def test_finite_if_concrete_checks_values_and_lets_tracers_through():
+  import jax  # pylint: disable=g-import-not-at-top
+  validate.finite_if_concrete(x=np.ones(3), labels=np.arange(3), nothing=None)
+  with pytest.raises(validate.ConfigError, match="^y must be finite"):
+    validate.finite_if_concrete(x=np.ones(3), y=np.array([1.0, np.inf]))
+  traced = jax.jit(lambda y: (validate.finite_if_concrete(y=y), y + 1)[1])(np.array([np.nan]))
+  assert np.isnan(traced).all()   # under jit the value is unknown: the caller checks
