@@ -5,7 +5,8 @@ Flax model, linen or NNX, fitted to a `Regression` target or data set or a
 `Classification` data set, one network per seed, all seeds in one compiled
 program split over every device; methods as objects (`Optax`, `LBFGS`,
 `LevenbergMarquardt`, `Distill`) and start phases (`LinearRegime`,
-`Construct`). Models (`NormMLP`, `NormConvNet`, `ShiftConv`, `TargetMLP`), the freezing
+`Construct`). Models (`NormMLP`, `TargetMLP`; the conv nets `NormResNet`, `NormVGG`,
+`NormConvNet`, `ShiftConv`), the freezing
 guarantee (`norm_mask`, `norm_filter`, `norm_only`, `partition`, `combine`),
 the `fit_target` experiment's fits (`FitSpec`, `fit_seeds`, `seed_mesh`), checkpoints that let a fit resume (`Checkpoints`, `FitSlot`,
 `Control`), second-order and distillation fitting (`lm_fit`, `fit_student`,
@@ -27,6 +28,11 @@ from jaxnorm.construct import Reconstruction
 from jaxnorm.construct import apply_frozen
 from jaxnorm.construct import reconstruct
 from jaxnorm.construct_batch import reconstruct_batch
+from jaxnorm.convnets import NormConvNet
+from jaxnorm.convnets import NormResNet
+from jaxnorm.convnets import NormVGG
+from jaxnorm.convnets import ResidualBlock
+from jaxnorm.convnets import ShiftConv
 from jaxnorm.distill import fit_student
 from jaxnorm.distill import linear_regime_norms
 from jaxnorm.domain import INPUT_DISTRIBUTIONS
@@ -47,9 +53,7 @@ from jaxnorm.freeze import norm_only
 from jaxnorm.freeze import partition
 from jaxnorm.models import NORM_KINDS
 from jaxnorm.models import Affine
-from jaxnorm.models import NormConvNet
 from jaxnorm.models import NormMLP
-from jaxnorm.models import ShiftConv
 from jaxnorm.models import TargetMLP
 from jaxnorm.models import apply_target
 from jaxnorm.models import init_target

@@ -27,6 +27,7 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
+from jaxnorm import convnets
 from jaxnorm import data
 from jaxnorm import engine
 from jaxnorm import freeze
@@ -74,7 +75,7 @@ class ClassifySpec:
   def network(self):
     """The frozen network of this cell."""
     if self.model == "conv":
-      return models.NormConvNet(self.width, self.depth, data.N_CLASSES, self.norm, self.keep_prob)
+      return convnets.NormConvNet(self.width, self.depth, data.N_CLASSES, self.norm, self.keep_prob)
     widths = (64,) + (self.width,) * self.depth + (data.N_CLASSES,)
     return models.NormMLP(widths, self.norm, self.keep_prob, momentum=0.9)
 

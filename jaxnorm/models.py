@@ -19,7 +19,7 @@ when they bring weights of their own (`target_from_params`, `apply_target`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -95,7 +95,7 @@ class NormMLP(nn.Module):
     for k, width in enumerate(self.widths[1:]):
       x = nn.Dense(width, use_bias=False, kernel_init=sparse_he_normal(self.keep_prob),
                    name=f"dense_{k}")(x)
-      x = _norm(self.norm, f"norm_{k}", self.momentum, x, train)
+      x = norm_layer(self.norm, f"norm_{k}", self.momentum, x, train)
       if k < n_layers - 1:
         x = nn.relu(x)
     return x
@@ -169,75 +169,19 @@ def apply_target(target, x: jax.Array) -> jax.Array:
   return x
 
 
-class ShiftConv(nn.Module):
-  """A bias-free 3x3 'SAME' convolution computed as nine shifted matrix products.
+def norm_layer(kind: str, name: str, momentum: float, x, train: bool):
+  """Applies a normalization of `kind` named `name` (BatchNorm: batch statistics iff `train`).
 
-  Same parameter (`kernel [3, 3, in, out]`) and result as `nn.Conv(out, (3, 3),
-  use_bias=False)`, but under `jax.vmap` over a batch of kernels it becomes
-  batched matrix products (forward and backward) instead of a grouped
-  convolution, which XLA's CPU backend runs slowly (measurements in
-  WORKSPACE.md, "Implementation notes").
+  Args:
+    kind: one of `NORM_KINDS`.
+    name: the module name (its leaves are `name/scale`, `name/bias`).
+    momentum: BatchNorm's running-average momentum.
+    x: the input; normalised over its last axis's units.
+    train: BatchNorm uses batch statistics (and updates its averages) if True.
 
-  Attributes:
-    features: output channels.
-    kernel_init: initializer of the `[3, 3, in, out]` kernel.
+  Returns:
+    The normalised, scaled and shifted `x`.
   """
-
-  features: int
-  kernel_init: Any = nn.initializers.lecun_normal()
-
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features))
-    h, w = x.shape[-3], x.shape[-2]
-    pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
-    xp = jnp.pad(x, pad)
-    out = 0.0
-    for i in range(3):
-      for j in range(3):
-        out = out + xp[..., i:i + h, j:j + w, :] @ kernel[i, j]
-    return out
-
-
-class NormConvNet(nn.Module):
-  """Frozen random 3x3 convolutions, each followed by a tunable normalization.
-
-  `depth` blocks of conv (no bias, He-normal, optional keep-probability) ->
-  norm -> ReLU, then global average pooling, a frozen random linear layer to
-  `n_out` and a final norm (its shift acts as the output bias), like `NormMLP`.
-  Parameter names: `conv_k/kernel`, `norm_k/{scale, bias}`, `dense_out/kernel`,
-  `norm_out/{scale, bias}`.
-
-  Attributes:
-    channels: channels of every convolution.
-    depth: number of convolution blocks.
-    n_out: outputs (classes).
-    norm: `"affine"`, `"batchnorm"` or `"layernorm"`.
-    keep_prob: keep-probability of each frozen weight.
-    momentum: BatchNorm running-average momentum.
-  """
-
-  channels: int = 32
-  depth: int = 2
-  n_out: int = 10
-  norm: str = "batchnorm"
-  keep_prob: float = 1.0
-  momentum: float = 0.9
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    """Applies the network to images `[..., H, W, C]`; returns `[..., n_out]`."""
-    init = sparse_he_normal(self.keep_prob)
-    for k in range(self.depth):
-      x = ShiftConv(self.channels, kernel_init=init, name=f"conv_{k}")(x)
-      x = nn.relu(_norm(self.norm, f"norm_{k}", self.momentum, x, train))
-    x = x.mean(axis=(-3, -2))
-    x = nn.Dense(self.n_out, use_bias=False, kernel_init=init, name="dense_out")(x)
-    return _norm(self.norm, "norm_out", self.momentum, x, train)
-
-
-def _norm(kind: str, name: str, momentum: float, x, train: bool):
-  """Applies a normalization of `kind` named `name` (BatchNorm: batch stats iff train)."""
   if kind == "affine":
     return Affine(name=name)(x)
   if kind == "layernorm":

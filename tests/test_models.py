@@ -1,6 +1,5 @@
 """Tests for jaxnorm.models."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,21 +82,3 @@ def test_user_supplied_target_weights():
   x = jnp.array([[1., 2.]])
   # h = relu([1-2, 2-1]) = [0, 1]; out = 0 + 1 + 0.5
   np.testing.assert_allclose(jaxnorm.apply_target([(w1, b1), (w2, b2)], x), [[1.5]])
-
-
-def test_shift_conv_equals_flax_conv():
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  conv = nn.Conv(5, (3, 3), use_bias=False)
-  variables = conv.init(jax.random.key(1), x)
-  np.testing.assert_allclose(jaxnorm.models.ShiftConv(5).apply(variables, x),
-                             conv.apply(variables, x), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("norm", jaxnorm.NORM_KINDS)
-def test_norm_conv_net_layout(norm):
-  net = jaxnorm.models.NormConvNet(channels=4, depth=2, norm=norm, keep_prob=0.5)
-  variables = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-  params = variables["params"]
-  assert sorted(params) == ["conv_0", "conv_1", "dense_out", "norm_0", "norm_1", "norm_out"]
-  assert params["conv_1"]["kernel"].shape == (3, 3, 4, 4)
-  assert net.apply(variables, jnp.ones((3, 8, 8, 1))).shape == (3, 10)
