@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from jaxnorm import data
+from jaxnorm import validate
 
 
 def test_digits_split_is_fixed_stratified_and_standardised():
@@ -38,3 +39,65 @@ def test_the_library_imports_no_experiment_only_package():
           "print(sorted(k for k in ('matplotlib', 'sklearn') if k in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"
+
+
+def _write(path, **arrays):
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def test_a_users_npz_of_images_loads_standardised_per_channel(tmp_path):
+  rng = np.random.default_rng(0)
+  x_train = rng.integers(0, 256, (40, 6, 6, 3)).astype(np.uint8)
+  x_test = rng.integers(0, 256, (10, 6, 6, 3)).astype(np.uint8)
+  path = _write(tmp_path / "d.npz", x_train=x_train, y_train=np.arange(40) % 4,
+                x_test=x_test, y_test=np.arange(10) % 4)
+  split = data.load_npz(path)
+  assert split.input_shape == (6, 6, 3) and split.n_classes == 4
+  assert split.x_train.dtype == np.float32 and split.y_test.dtype == np.int32
+  np.testing.assert_allclose(split.x_train.mean((0, 1, 2)), 0, atol=1e-5)
+  np.testing.assert_allclose(split.x_train.std((0, 1, 2)), 1, atol=1e-4)
+  assert data.as_images(split.x_test) is split.x_test
+  raw = data.load_npz(path, standardised=False)
+  np.testing.assert_array_equal(raw.x_train, x_train.astype(np.float32))
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(y_test=None), "lacks y_test"),
+    (dict(x_train=np.zeros((8, 3, 3))), r"x_train must be \[n, d\] or \[n, H, W, C\]"),
+    (dict(x_train=np.full((8, 4), np.nan)), "x_train must be finite"),
+    (dict(y_train=np.zeros(7, int)), r"y_train must be \[8\] labels"),
+    (dict(y_train=np.full(8, 0.5)), "y_train must be integer labels"),
+    (dict(y_train=-np.ones(8, int)), "y_train must be integer labels"),
+    (dict(x_test=np.zeros((4, 5))), "x_train rows are"),
+    (dict(y_train=np.zeros(8, int), y_test=np.zeros(4, int)), "a single class"),
+])
+def test_a_bad_npz_is_refused_naming_what_is_wrong(tmp_path, change, message):
+  arrays = dict(x_train=np.zeros((8, 4)), y_train=np.arange(8) % 2, x_test=np.zeros((4, 4)),
+                y_test=np.arange(4) % 2)
+  arrays.update(change)
+  path = _write(tmp_path / "d.npz", **{k: v for k, v in arrays.items() if v is not None})
+  with pytest.raises(validate.ConfigError, match=message):
+    data.load_npz(path)
+
+
+def test_a_file_that_is_not_an_npz_is_one_clear_error(tmp_path):
+  (tmp_path / "d.npz").write_text("not a zip")
+  for path in (tmp_path / "d.npz", tmp_path / "missing.npz"):
+    with pytest.raises(validate.ConfigError, match="cannot read .* as an .npz file"):
+      data.load_npz(str(path))
+
+
+def test_the_validation_split_is_stratified_fixed_and_disjoint_from_test():
+  split = data.digits()
+  carved = data.validation_split(split, 0.1)
+  assert len(carved.y_train) + len(carved.y_test) == len(split.y_train)
+  np.testing.assert_array_equal(np.bincount(carved.y_test), np.round(
+      0.1 * np.bincount(split.y_train)).astype(int))
+  rows = {r.tobytes() for r in carved.x_test}
+  assert not rows & {r.tobytes() for r in carved.x_train}
+  assert not rows & {r.tobytes() for r in split.x_test}
+  again = data.validation_split(split, 0.1)
+  np.testing.assert_array_equal(again.y_test, carved.y_test)
+  with pytest.raises(validate.ConfigError, match="too few"):
+    data.validation_split(split._replace(y_train=np.r_[0, np.ones(len(split.y_train) - 1, int)]))
