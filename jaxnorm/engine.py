@@ -111,6 +111,24 @@ class FitResult:
     pick = lambda tree: jax.tree.map(lambda a: a[i], tree)
     return self.model.rebuild(pick(self.params), pick(self.batch_stats))
 
+  def predict(self, x, batch_size: int = 1024) -> np.ndarray:
+    """Every seed's fitted model on new inputs (evaluation mode: BatchNorm on running averages).
+
+    Args:
+      x: inputs `[n, ...]`, shaped like the task's.
+      batch_size: inputs per compiled call (bounds the memory of the activations).
+
+    Returns:
+      Outputs `[S, n, ...]`.
+    """
+    validate.positive_int("batch_size", batch_size)
+    apply = jax.jit(jax.vmap(lambda p, s, xb: self.model.apply(p, s, xb, False)[0],
+                             in_axes=(0, 0, None)))
+    x = np.asarray(x)
+    return np.concatenate([np.asarray(apply(self.params, self.batch_stats,
+                                            x[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)], axis=1)
+
 
 class ChunkReport(NamedTuple):
   """Progress after one chunk, passed to the `on_chunk` callback."""

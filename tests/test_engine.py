@@ -153,6 +153,14 @@ def test_seed_model_rebuilds_linen_variables_and_nnx_modules(linen_fit, nnx_fit)
   np.testing.assert_allclose(acc, nnx_fit.test_acc[2], atol=1e-6)
 
 
+def test_predict_gives_every_seeds_outputs_in_batches(linen_fit, nnx_fit):
+  x, y = TEST_IMAGES
+  for result in (linen_fit, nnx_fit):
+    logits = result.predict(x, batch_size=50)   # 128 inputs: batches of 50, 50, 28
+    assert logits.shape == (3, len(x), 10)
+    np.testing.assert_allclose((logits.argmax(-1) == y).mean(1), result.test_acc, atol=1e-6)
+
+
 @pytest.mark.parametrize("which", ["linen", "nnx"])
 def test_a_seed_alone_equals_it_among_others(which, linen_fit, nnx_fit):
   model = LinenCNN() if which == "linen" else nnx_factory
