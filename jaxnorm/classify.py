@@ -38,7 +38,8 @@ from jaxnorm import tasks
 from jaxnorm import validate
 
 MODES = ("norm", "output", "random_subset", "norm_output", "full")
-MODELS = ("mlp", "conv")
+MODELS = ("mlp", "conv", "resnet", "vgg")
+CONV_MODELS = ("conv", "resnet", "vgg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +47,13 @@ class ClassifySpec:
   """One cell: model, training mode and optimisation settings (static).
 
   Attributes:
-    model: `"mlp"` (`NormMLP` 64 -> width x depth -> 10) or `"conv"`
-      (`NormConvNet` with `depth` conv blocks of `width` channels).
+    model: `"mlp"` (`NormMLP` in -> width x depth -> classes), `"conv"`
+      (`NormConvNet`: `depth` conv blocks of `width` channels), `"resnet"`
+      (`NormResNet` of `depth = 6n + 2` layers, first-stage width `width`) or
+      `"vgg"` (`NormVGG`: `depth` conv blocks over three stages).
     mode: one of `MODES`.
-    depth: hidden layers (mlp) or convolution blocks (conv).
-    width: hidden width (mlp) or channels (conv).
+    depth: hidden layers (mlp), layers (resnet) or convolution blocks.
+    width: hidden width (mlp) or (first-stage) channels.
     keep_prob: keep-probability of each frozen weight.
     norm: normalization kind.
     steps: optimizer steps.
@@ -58,6 +61,8 @@ class ClassifySpec:
     batch_size: training examples per step (drawn with replacement).
     learning_rate: Adam's peak learning rate (cosine decay).
     seed: base seed; seed `s` uses `fold_in(key(seed), s)`.
+    input_shape: the shape of one input (flat `(d,)` or `(H, W, C)`).
+    n_classes: classes.
   """
 
   model: str = "mlp"
@@ -71,17 +76,29 @@ class ClassifySpec:
   batch_size: int = 128
   learning_rate: float = 3e-3
   seed: int = 0
+  input_shape: tuple[int, ...] = (64,)
+  n_classes: int = data.N_CLASSES
 
   def network(self):
     """The frozen network of this cell."""
+    n = self.n_classes
     if self.model == "conv":
-      return convnets.NormConvNet(self.width, self.depth, data.N_CLASSES, self.norm, self.keep_prob)
-    widths = (64,) + (self.width,) * self.depth + (data.N_CLASSES,)
+      return convnets.NormConvNet(self.width, self.depth, n, self.norm, self.keep_prob)
+    if self.model == "resnet":
+      return convnets.NormResNet(self.depth, self.width, n, self.norm, self.keep_prob)
+    if self.model == "vgg":
+      return convnets.NormVGG(self.depth, self.width, n, self.norm, self.keep_prob)
+    widths = (int(np.prod(self.input_shape)),) + (self.width,) * self.depth + (n,)
     return models.NormMLP(widths, self.norm, self.keep_prob, momentum=0.9)
+
+  @property
+  def name(self) -> str:
+    """`mlp-3x256`, `resnet-20x16`, ...: the model, its depth and width."""
+    return f"{self.model}-{self.depth}x{self.width}"
 
   def output_layer(self) -> str:
     """Name of the final linear layer."""
-    return "dense_out" if self.model == "conv" else f"dense_{self.depth}"
+    return "dense_out" if self.model in CONV_MODELS else f"dense_{self.depth}"
 
 
 def check_spec(spec: ClassifySpec) -> ClassifySpec:
@@ -91,8 +108,21 @@ def check_spec(spec: ClassifySpec) -> ClassifySpec:
   validate.one_of("norm kind", spec.norm, models.NORM_KINDS)
   for name in ("depth", "width", "steps", "chunk_steps", "batch_size"):
     validate.positive_int(name, getattr(spec, name))
-  validate.at_most("depth", spec.depth, validate.MAX_LAYERS,
-                   "a deeper network would take hours to compile")
+  if spec.model == "resnet":
+    try:
+      blocks = convnets.resnet_blocks(spec.depth)
+    except ValueError as e:
+      raise validate.ConfigError(str(e)) from None
+    validate.at_most("resnet blocks per stage", blocks, validate.MAX_LAYERS // 2,
+                     "a deeper network would take hours to compile")
+  else:
+    validate.at_most("depth", spec.depth, validate.MAX_LAYERS,
+                     "a deeper network would take hours to compile")
+  validate.positive_ints("input_shape", spec.input_shape)
+  if spec.model in CONV_MODELS and len(spec.input_shape) != 3:
+    data.as_images(np.zeros((1,) + tuple(spec.input_shape)))   # (raises unless square)
+  if spec.n_classes < 2:
+    raise validate.ConfigError(f"n_classes must be at least 2, got {spec.n_classes}")
   if spec.norm == "batchnorm" and spec.batch_size < 2:
     raise validate.ConfigError("batchnorm needs batch_size >= 2 (one example normalises to 0)")
   validate.probability("keep probability p", spec.keep_prob)
@@ -119,15 +149,16 @@ def estimate_bytes(spec: ClassifySpec, seeds: int, n_train: int, n_test: int) ->
   Returns:
     Bytes.
   """
-  sample = _inputs(spec, np.zeros((1, 64), np.float32))
+  sample = _inputs(spec, np.zeros((1,) + tuple(spec.input_shape), np.float32))
   shapes = jax.eval_shape(spec.network().init, jax.random.key(0), sample)["params"]
   size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
   params = size(shapes)
   output = (spec.output_layer(),) if spec.mode in ("output", "norm_output") else None
   trainable = size(freeze.partition(shapes, selection.trainable_mask(spec.mode, shapes, output))[0])
-  units = 64 + (selection.count_norm_entries(shapes) // 2) * (64 if spec.model == "conv" else 1)
+  positions = int(np.prod(sample.shape[1:-1])) if spec.model in CONV_MODELS else 1
+  units = sample[0].size + (selection.count_norm_entries(shapes) // 2) * positions
   work = max(6 * spec.batch_size, 2 * max(n_train, n_test)) * units
-  return 4 * (seeds * (3 * params + 4 * trainable + work) + 64 * (n_train + n_test))
+  return 4 * (seeds * (3 * params + 4 * trainable + work) + sample[0].size * (n_train + n_test))
 
 
 class ClassifyResult(NamedTuple):
@@ -135,7 +166,8 @@ class ClassifyResult(NamedTuple):
 
   Attributes:
     test_acc: test accuracy `[S]`.
-    train_acc: training accuracy `[S]`.
+    train_acc: training accuracy `[S]` (on the examples trained on).
+    val_acc: validation accuracy `[S]` (NaN without a validation split).
     loss_curve: mean training cross-entropy per chunk `[S, n_chunks]`.
     trainable_params: trainable entries per seed.
     frozen_unchanged: every frozen leaf, and every unselected entry of a
@@ -146,6 +178,7 @@ class ClassifyResult(NamedTuple):
   """
   test_acc: np.ndarray
   train_acc: np.ndarray
+  val_acc: np.ndarray
   loss_curve: np.ndarray
   trainable_params: int
   frozen_unchanged: bool
@@ -155,7 +188,8 @@ class ClassifyResult(NamedTuple):
 
 
 def _inputs(spec, x):
-  return np.asarray(data.as_images(x) if spec.model == "conv" else x)
+  x = np.asarray(x)
+  return data.as_images(x) if spec.model in CONV_MODELS else x.reshape(len(x), -1)
 
 
 def task(spec: ClassifySpec, split: data.Split) -> tasks.Classification:
@@ -164,14 +198,20 @@ def task(spec: ClassifySpec, split: data.Split) -> tasks.Classification:
                               test=(_inputs(spec, split.x_test), split.y_test))
 
 
-def train(spec: ClassifySpec, seed_ids, split: data.Split, *, devices: Optional[int] = None,
+def train(spec: ClassifySpec, seed_ids, split: data.Split, *, validation: float = 0.0,
+          devices: Optional[int] = None,
           checkpoint: Optional[engine.Checkpoint] = None) -> ClassifyResult:
   """Trains one frozen network per seed in one program and evaluates it (`jaxnorm.fit`).
 
   Args:
-    spec: the cell (validated here before any compute).
+    spec: the cell (validated here before any compute); its `input_shape` and
+      `n_classes` must be those of `split`.
     seed_ids: non-negative integer seed ids.
-    split: the data (`data.digits()`).
+    split: the data (`data.digits()`, `data.load_npz(...)`).
+    validation: if positive, this share of each class's training examples
+      (`data.validation_split`, fixed) is held out: the networks train on the
+      rest and `val_acc` is measured on it, for choosing hyperparameters
+      without the test set; the test set is evaluated either way.
     devices: how many devices to spread the seeds over (`None`/0: all).
     checkpoint: optional `engine.Checkpoint` (e.g. `jaxnorm.checkpoint.FitSlot`):
       resume from it, and save the state and loss curve into it after every
@@ -181,12 +221,24 @@ def train(spec: ClassifySpec, seed_ids, split: data.Split, *, devices: Optional[
     A `ClassifyResult`.
   """
   check_spec(spec)
+  if split.input_shape != tuple(spec.input_shape) or split.n_classes > spec.n_classes:
+    raise validate.ConfigError(
+        f"the spec is for inputs {tuple(spec.input_shape)} and {spec.n_classes} classes, the "
+        f"data has {split.input_shape} and {split.n_classes}")
+  fit_on = data.validation_split(split, validation) if validation > 0 else split
   result = engine.fit(
-      spec.network(), task(spec, split), validate.seed_ids(seed_ids), trainable=spec.mode,
+      spec.network(), task(spec, fit_on), validate.seed_ids(seed_ids), trainable=spec.mode,
       optimizer=methods.Optax(methods.default_optimizer(spec.steps, spec.learning_rate)),
       steps=spec.steps, chunk_steps=spec.chunk_steps, batch_size=spec.batch_size,
       seed=spec.seed, devices=devices, checkpoint=checkpoint)
+  if validation > 0:
+    val_acc = result.test_acc
+    logits = result.predict(_inputs(spec, split.x_test))
+    test_acc = (logits.argmax(-1) == split.y_test).mean(axis=1)
+  else:
+    val_acc, test_acc = np.full(len(result.seed_ids), np.nan), result.test_acc
   return ClassifyResult(
-      test_acc=result.test_acc, train_acc=result.train_acc, loss_curve=result.loss_curve,
-      trainable_params=result.trainable_params, frozen_unchanged=result.frozen_unchanged,
-      devices=result.devices, seeds_per_device=result.seeds_per_device, seconds=result.seconds)
+      test_acc=test_acc, train_acc=result.train_acc, val_acc=val_acc,
+      loss_curve=result.loss_curve, trainable_params=result.trainable_params,
+      frozen_unchanged=result.frozen_unchanged, devices=result.devices,
+      seeds_per_device=result.seeds_per_device, seconds=result.seconds)

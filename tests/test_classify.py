@@ -88,7 +88,9 @@ def test_seed_alone_equals_seed_among_others(split):
 
 
 @pytest.mark.parametrize("change,needle", [
-    (dict(mode="weights"), "weights"), (dict(model="resnet"), "resnet"),
+    (dict(mode="weights"), "weights"), (dict(model="transformer"), "transformer"),
+    (dict(model="resnet", depth=9), r"6n \+ 2"), (dict(model="resnet", depth=6 * 40 + 2), "32"),
+    (dict(input_shape=(63,), model="vgg"), "not images"), (dict(n_classes=5), "and 5 classes, the data has"),
     (dict(width=0), "width"), (dict(keep_prob=0.0), "0.0"), (dict(steps=-1), "steps")])
 def test_bad_spec(split, change, needle):
   with pytest.raises(jaxnorm.ConfigError, match=needle):
@@ -158,3 +160,23 @@ def test_train_resumes_from_its_checkpoint_bit_identically(split):
                (whole.loss_curve, resumed.loss_curve)]:
     assert a.tobytes() == b.tobytes()
   assert resumed.frozen_unchanged
+
+
+def test_a_resnet_cell_trains_its_norms_only_and_beats_chance(split):
+  spec = classify.ClassifySpec(model="resnet", depth=8, width=8, steps=60, chunk_steps=60,
+                               batch_size=32, learning_rate=3e-2)
+  result = classify.train(spec, [0, 1], split)
+  assert result.frozen_unchanged and result.test_acc.min() > 0.3   # chance is 0.1
+  shapes = jax.eval_shape(spec.network().init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  assert result.trainable_params == selection.count_norm_entries(shapes["params"])
+
+
+def test_validation_is_carved_from_train_and_the_test_set_is_still_measured(split):
+  held = classify.train(TINY, [0, 1], split, validation=0.2)
+  plain = classify.train(TINY, [0, 1], split)
+  assert np.isnan(plain.val_acc).all() and np.isfinite(held.val_acc).all()
+  # The networks saw 80% of the training set: other numbers, the same test set.
+  assert held.test_acc.shape == (2,) and not np.array_equal(held.test_acc, plain.test_acc)
+  assert (held.test_acc * len(split.y_test)).round(6).tolist() == (
+      held.test_acc * len(split.y_test)).round().tolist()   # whole test examples
+
