@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxnorm import checkpoint
@@ -13,10 +14,11 @@ from jaxnorm import memory
 from experiments.classify import experiment as classify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Six (cell, mode) units of two chunks each.
-TINY = classify.Config(mlp_depths=(1,), mlp_widths=(8,), keep_probs=(1.0, 0.5), conv_depths=(1,),
-                       conv_channels=(2,), modes=("norm", "random_subset"), seeds=2, steps=6,
-                       chunk_steps=3, batch_size=8)
+# Eight (cell, mode, learning rate) units of two chunks each: MLPs (a ResNet cell trains in
+# tests/test_classify.py; its compilations would take most of this file's time).
+TINY = classify.Config(mlp_depths=(1,), mlp_widths=(8,), keep_probs=(1.0, 0.5), resnet_depths=(),
+                       modes=("norm", "random_subset"), seeds=2, steps=6, chunk_steps=3,
+                       batch_size=8, learning_rates=(1e-2, 3e-2))
 OUTPUTS = ("config.json", "results.json", "timings.json", "results.csv")
 
 
@@ -32,26 +34,59 @@ def complete(tmp_path_factory):
   return path, classify.run(TINY, str(path))
 
 
-def test_run_writes_every_cell_and_mode(complete):
+def test_run_writes_every_cell_and_mode_at_its_chosen_rate(complete):
   path, results = complete
   on_disk = json.loads((path / "results.json").read_text())
-  rows = on_disk["rows"]
-  assert [(r["model"], r["p"], r["mode"]) for r in rows] == [
-      ("mlp", 1.0, "norm"), ("mlp", 1.0, "random_subset"), ("mlp", 0.5, "norm"),
-      ("mlp", 0.5, "random_subset"), ("conv", 1.0, "norm"), ("conv", 1.0, "random_subset")]
+  rows, sweep = on_disk["rows"], on_disk["sweep"]
+  assert [(r["p"], r["mode"], r["learning_rate"]) for r in sweep] == [
+      (p, mode, lr) for p in (1.0, 0.5) for mode in ("norm", "random_subset")
+      for lr in (1e-2, 3e-2)]
+  assert [(r["p"], r["mode"]) for r in rows] == [
+      (1.0, "norm"), (1.0, "random_subset"), (0.5, "norm"), (0.5, "random_subset")]
   for r in rows:
-    assert {"model", "mode", "depth", "width", "p", "trainable_params", "test_acc_mean",
-            "test_acc_std", "seeds"} <= set(r)
+    assert {"model", "mode", "depth", "width", "p", "trainable_params", "learning_rate",
+            "val_acc_mean", "test_acc_mean", "test_acc_std", "seeds", "val_acc_by_lr"} <= set(r)
+    assert r == dict(sweep[r["sweep_index"]], sweep_index=r["sweep_index"],
+                     val_acc_by_lr=r["val_acc_by_lr"])
+    assert r["val_acc_mean"] == max(r["val_acc_by_lr"].values())
     assert "seconds" not in r   # timings.json: results.json is reproducible
   assert rows[0]["trainable_params"] == rows[1]["trainable_params"] == 2 * (8 + 10)
   assert on_disk["frozen_unchanged"] is True and on_disk["devices"] >= 1
+  assert on_disk["chance"] == 0.1 and on_disk["data"].startswith("digits")
   assert json.loads((path / "config.json").read_text()) == on_disk["config"]
   timings = json.loads((path / "timings.json").read_text())
-  assert sorted(timings) == [str(i) for i in range(6)] and results["timings"] == timings
+  assert sorted(timings, key=int) == [str(i) for i in range(8)] and results["timings"] == timings
   assert {k: v for k, v in results.items() if k != "timings"} == on_disk
   assert (path / "acc_vs_params.png").stat().st_size > 1000
-  table = classify.table(results["rows"], results["timings"])
-  assert "test_acc_mean" in table and "seconds" in table
+  table = classify.table(results["rows"], results["timings"], results["sweep"])
+  assert "learning_rate" in table and " ± " in table and "seconds" in table
+
+
+def test_the_rate_is_chosen_on_validation_never_on_test():
+  record = lambda lr, val, test: {"model": "mlp", "depth": 1, "width": 8, "p": 1.0,
+                                  "mode": "norm", "learning_rate": lr, "val_acc_mean": val,
+                                  "test_acc_mean": test}
+  rows = classify.select([record(1e-2, 0.80, 0.99), record(3e-2, 0.90, 0.50),
+                          record(1e-1, 0.90, 0.70)])
+  assert len(rows) == 1 and rows[0]["learning_rate"] == 3e-2   # a tie goes to the smaller rate
+  assert rows[0]["sweep_index"] == 1 and rows[0]["val_acc_by_lr"] == {
+      "0.01": 0.8, "0.03": 0.9, "0.1": 0.9}
+
+
+def test_a_users_npz_of_images_runs_the_same_study(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 6, 6, 3)).astype(np.float32)
+  y = np.arange(60) % 3
+  x[np.arange(60), y, y, 0] += 4.0   # a learnable class signal
+  np.savez(tmp_path / "mine.npz", x_train=x[:45], y_train=y[:45], x_test=x[45:], y_test=y[45:])
+  config = dataclasses.replace(TINY, data=str(tmp_path / "mine.npz"), modes=("norm",),
+                               learning_rates=(3e-2,), validation=0.2)
+  results = classify.run(config, str(tmp_path / "w"))
+  assert [(r["model"], r["trainable_params"]) for r in results["rows"]][0] == ("mlp", 2 * (8 + 3))
+  assert results["chance"] == 1 / 3 and results["data"].endswith("mine.npz")
+  with pytest.raises(classify.validate.ConfigError, match="cannot read .*nothere.npz"):
+    classify.run(dataclasses.replace(config, data=str(tmp_path / "nothere.npz")),
+                 str(tmp_path / "w2"))
 
 
 def test_stopped_and_resumed_run_writes_the_same_bytes(complete, tmp_path):
@@ -87,11 +122,15 @@ def test_workdir_with_another_config_is_refused_untouched(complete):
 
 
 def test_cells_are_the_union_of_the_sweeps():
-  specs = classify.cells(classify.Config(mlp_depths=(2, 1), mlp_widths=(32, 64),
-                                         keep_probs=(1.0, 0.25), conv_depths=(), modes=("norm",)))
-  assert [(s.depth, s.width, s.keep_prob) for s in specs] == [
-      (2, 32, 1.0), (1, 32, 1.0), (2, 64, 1.0), (2, 32, 0.25)]
-  assert all(s.chunk_steps == 300 for s in specs)
+  specs = classify.cells(classify.Config(
+      mlp_depths=(2, 1), mlp_widths=(32, 64), keep_probs=(1.0, 0.25), resnet_depths=(8, 14),
+      resnet_widths=(16, 32), modes=("norm",), learning_rates=(1e-2,)))
+  assert [(s.model, s.depth, s.width, s.keep_prob) for s in specs] == [
+      ("mlp", 2, 32, 1.0), ("mlp", 1, 32, 1.0), ("mlp", 2, 64, 1.0), ("mlp", 2, 32, 0.25),
+      ("resnet", 8, 16, 1.0), ("resnet", 14, 16, 1.0), ("resnet", 8, 32, 1.0)]
+  assert all(s.chunk_steps == 200 for s in specs)
+  rates = classify.cells(dataclasses.replace(TINY, learning_rates=(1e-3, 1e-2, 1e-1)))
+  assert [s.learning_rate for s in rates[:3]] == [1e-3, 1e-2, 1e-1] and len(rates) == 12
 
 
 @pytest.mark.parametrize("change,needle", [
@@ -103,7 +142,14 @@ def test_cells_are_the_union_of_the_sweeps():
     (dict(conv_channels=(0,)), "conv_channels"),
     (dict(keep_probs=(0.0,)), "0"),
     (dict(mlp_widths=(-2,)), "-2"),
-    (dict(conv_channels=()), "give their conv_channels too"),
+    (dict(conv_depths=(1,), conv_channels=()), "give their conv_channels too"),
+    (dict(resnet_depths=(9,)), r"resnet_depths: a CIFAR ResNet has depth 6n \+ 2"),
+    (dict(resnet_depths=(8,), resnet_widths=()), "give their resnet_widths too"),
+    (dict(learning_rates=(0.01, 0.01)), "distinct"),
+    (dict(learning_rates=(-1.0,)), "learning rate"),
+    (dict(validation=1.0), "validation must be a share"),
+    (dict(mlp_depths=(), resnet_depths=()), "no model to train"),
+    (dict(data="/nonexistent/data.npz"), "cannot read"),
     (dict(mlp_depths=(100000,)), "depth is 100000, more than 64"),
     (dict(mlp_widths=tuple(range(1, 100))), "the number of mlp_widths is 99, more than 64"),
     (dict(norm="batchnorm", batch_size=1), "batchnorm needs batch_size >= 2"),
@@ -143,7 +189,7 @@ def _cli(*args):
 @pytest.mark.parametrize("flags,needle", [
     (["--modes=norm,weights"], "weights"),
     (["--devices=99"], "asked for 99 devices"),
-    (["--mlp_widths=1000000", "--conv_depths="], "needs about"),
+    (["--mlp_widths=1000000", "--resnet_depths="], "needs about"),
     (["--stop_after_chunks=0"], "stop_after_chunks"),
 ])
 def test_cli_bad_input_is_one_line_and_leaves_workdir_alone(tmp_path, flags, needle):
@@ -157,7 +203,7 @@ def test_cli_bad_input_is_one_line_and_leaves_workdir_alone(tmp_path, flags, nee
 
 def test_cli_stop_after_chunks_exits_3_with_a_checkpoint(tmp_path):
   proc = _cli(f"--workdir={tmp_path}", "--mlp_depths=1", "--mlp_widths=8", "--keep_probs=1",
-              "--conv_depths=", "--modes=norm", "--seeds=2", "--steps=4",
+              "--resnet_depths=", "--modes=norm", "--learning_rate=0.01", "--seeds=2", "--steps=4",
               "--chunk_steps=2", "--batch_size=8", "--stop_after_chunks=1")
   assert proc.returncode == 3, proc.stderr
   assert "preempted" in proc.stderr and "Traceback" not in proc.stderr

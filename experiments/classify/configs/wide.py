@@ -8,4 +8,4 @@ from experiments.classify import experiment
 
 def get_config() -> experiment.Config:
   return experiment.Config(mlp_widths=(256, 1024, 4096), mlp_depths=(2,), keep_probs=(1.0,),
-                           conv_depths=(), modes=("norm", "random_subset"), seeds=8)
+                           resnet_depths=(), modes=("norm", "random_subset"), seeds=8)
