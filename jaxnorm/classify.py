@@ -63,6 +63,9 @@ class ClassifySpec:
     seed: base seed; seed `s` uses `fold_in(key(seed), s)`.
     input_shape: the shape of one input (flat `(d,)` or `(H, W, C)`).
     n_classes: classes.
+    crop_pad: random crops of the training images, shifted by up to this many
+      pixels (`data.CropFlip`; 0: none).
+    flip: random horizontal flips of the training images.
   """
 
   model: str = "mlp"
@@ -78,6 +81,8 @@ class ClassifySpec:
   seed: int = 0
   input_shape: tuple[int, ...] = (64,)
   n_classes: int = data.N_CLASSES
+  crop_pad: int = 0
+  flip: bool = False
 
   def network(self):
     """The frozen network of this cell."""
@@ -123,6 +128,9 @@ def check_spec(spec: ClassifySpec) -> ClassifySpec:
     data.as_images(np.zeros((1,) + tuple(spec.input_shape)))   # (raises unless square)
   if spec.n_classes < 2:
     raise validate.ConfigError(f"n_classes must be at least 2, got {spec.n_classes}")
+  validate.non_negative_int("crop_pad", spec.crop_pad)
+  if spec.crop_pad or spec.flip:   # augmentation needs images (flat ones must be square)
+    data.as_images(np.zeros((1,) + tuple(spec.input_shape)))
   if spec.norm == "batchnorm" and spec.batch_size < 2:
     raise validate.ConfigError("batchnorm needs batch_size >= 2 (one example normalises to 0)")
   validate.probability("keep probability p", spec.keep_prob)
@@ -193,9 +201,14 @@ def _inputs(spec, x):
 
 
 def task(spec: ClassifySpec, split: data.Split) -> tasks.Classification:
-  """The `Classification` task of a cell on `split` (images for the conv nets)."""
+  """The `Classification` task of a cell on `split` (images for the conv nets, augmented if asked)."""
+  augment = None
+  if spec.crop_pad or spec.flip:
+    image = data.as_images(np.zeros((1,) + tuple(spec.input_shape))).shape[1:]
+    augment = data.CropFlip(spec.crop_pad, spec.flip,
+                            None if spec.model in CONV_MODELS else image)
   return tasks.Classification(train=(_inputs(spec, split.x_train), split.y_train),
-                              test=(_inputs(spec, split.x_test), split.y_test))
+                              test=(_inputs(spec, split.x_test), split.y_test), augment=augment)
 
 
 def train(spec: ClassifySpec, seed_ids, split: data.Split, *, validation: float = 0.0,

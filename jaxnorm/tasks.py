@@ -337,11 +337,15 @@ class Classification:
     test: `(X [n, ...], y [n] int)`.
     loss: optional `loss(logits, y) -> scalar` replacing the mean softmax
       cross-entropy.
+    augment: optional `augment(key, x) -> x` applied to every training batch
+      (never to evaluation), e.g. `jaxnorm.data.CropFlip(pad=4, flip=True)`;
+      hashable by value keeps compiled programs shared.
   """
 
   train: tuple
   test: tuple
   loss: Optional[Callable] = None
+  augment: Optional[Callable] = None
 
   metric_names = ("test_acc", "train_acc")
   primary_metric = "test_acc"
@@ -363,12 +367,15 @@ class Classification:
                                  f"inputs {x.shape[1:]}")
     if self.loss is not None and not callable(self.loss):
       raise validate.ConfigError(f"loss must be a callable loss(logits, y), got {self.loss!r}")
+    if self.augment is not None and not callable(self.augment):
+      raise validate.ConfigError(f"augment must be a callable augment(key, x), got "
+                                 f"{self.augment!r}")
     object.__setattr__(self, "_data", (np.asarray(x, np.float32), np.asarray(y, np.int32),
                                        np.asarray(xt, np.float32), np.asarray(yt, np.int32)))
     object.__setattr__(self, "n_classes", int(max(y.max(), yt.max())) + 1)
 
   def _static(self):
-    return (self.loss, tuple(a.shape for a in self._data))
+    return (self.loss, self.augment, tuple(a.shape for a in self._data))
 
   def __eq__(self, other):
     return isinstance(other, Classification) and self._static() == other._static()
@@ -404,10 +411,13 @@ class Classification:
     return {}
 
   def batch(self, state, consts, key, batch_size: int):
-    """`batch_size` training rows drawn with replacement."""
+    """`batch_size` training rows drawn with replacement (augmented, if asked)."""
     del state
     idx = jax.random.randint(key, (batch_size,), 0, consts[1].shape[0])
-    return consts[0][idx], consts[1][idx]
+    x = consts[0][idx]
+    if self.augment is not None:
+      x = self.augment(jax.random.fold_in(key, 1), x)
+    return x, consts[1][idx]
 
   def fixed_batch(self, state, consts):
     """Every training row (full-batch methods)."""

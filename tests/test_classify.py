@@ -180,3 +180,14 @@ def test_validation_is_carved_from_train_and_the_test_set_is_still_measured(spli
   assert (held.test_acc * len(split.y_test)).round(6).tolist() == (
       held.test_acc * len(split.y_test)).round().tolist()   # whole test examples
 
+
+
+def test_augmentation_changes_the_training_batches_only(split):
+  augmented = dataclasses.replace(TINY, crop_pad=1, flip=True)
+  task = classify.task(augmented, split)
+  assert task.augment == data.CropFlip(1, True, (8, 8, 1))   # the MLP's flat digits as 8x8
+  plain = classify.train(TINY, [0], split)
+  moved = classify.train(augmented, [0], split)
+  assert moved.frozen_unchanged and not np.array_equal(moved.loss_curve, plain.loss_curve)
+  with pytest.raises(jaxnorm.ConfigError, match="not images"):
+    classify.train(dataclasses.replace(augmented, input_shape=(63,)), [0], split)

@@ -101,3 +101,29 @@ def test_the_validation_split_is_stratified_fixed_and_disjoint_from_test():
   np.testing.assert_array_equal(again.y_test, carved.y_test)
   with pytest.raises(validate.ConfigError, match="too few"):
     data.validation_split(split._replace(y_train=np.r_[0, np.ones(len(split.y_train) - 1, int)]))
+
+
+def test_crop_flip_shifts_and_mirrors_each_image_on_its_own():
+  import jax  # pylint: disable=g-import-not-at-top
+  x = np.arange(64 * 5 * 5, dtype=np.float32).reshape(64, 5, 5, 1) % 25 + 1   # no zeros
+  out = np.asarray(data.CropFlip(pad=1, flip=True)(jax.random.key(0), x))
+  assert out.shape == x.shape
+  shifted = mirrored = 0
+  for img, a in zip(x[..., 0], out[..., 0]):
+    candidates = {}
+    padded = np.pad(img, 1)
+    for dy in range(3):
+      for dx in range(3):
+        crop = padded[dy:dy + 5, dx:dx + 5]
+        for m in (False, True):
+          candidates[(dy, dx, m)] = crop[:, ::-1] if m else crop
+    match = [k for k, c in candidates.items() if np.array_equal(c, a)]
+    assert match, "not a crop (or its mirror) of the image"
+    shifted += match[0][:2] != (1, 1)
+    mirrored += match[0][2]
+  assert 20 < mirrored < 44 and shifted > 40   # each image its own draw
+  flat = data.CropFlip(pad=0, flip=False, image_shape=(5, 5, 1))(jax.random.key(0),
+                                                                x.reshape(64, -1))
+  np.testing.assert_array_equal(flat, x.reshape(64, -1))   # nothing asked: unchanged
+  with pytest.raises(validate.ConfigError, match="image_shape"):
+    data.CropFlip()(jax.random.key(0), x.reshape(64, -1))

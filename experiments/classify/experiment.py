@@ -65,6 +65,10 @@ class Config:
                      "NHWC images; integer labels); empty: scikit-learn's digits.")
   standardise: bool = hparam(True, "Standardise --data's inputs with training statistics "
                              "(per feature, or per channel for images); the digits always are.")
+  crop_pad: int = hparam(0, "Random crops of the training images: shifts of up to this many "
+                         "pixels (0: off; 4 on CIFAR-10, as He et al. and Frankle et al.).")
+  flip: bool = hparam(False, "Random horizontal flips of the training images (off: digits are "
+                      "not mirror-symmetric).")
   mlp_depths: tuple[int, ...] = hparam(
       (2, 4, 6), "Hidden layers of the MLPs (depth sweep at the first width; empty: none).")
   mlp_widths: tuple[int, ...] = hparam((512,), "Hidden widths of the MLPs.")
@@ -177,7 +181,7 @@ def cells(config: Config, split: Optional[data.Split] = None) -> list[classify.C
       model=model, mode=mode, depth=d, width=w, keep_prob=p, norm=config.norm,
       steps=config.steps, chunk_steps=min(config.chunk_steps, config.steps),
       batch_size=config.batch_size, learning_rate=lr, seed=config.seed,
-      input_shape=input_shape, n_classes=n_classes))
+      input_shape=input_shape, n_classes=n_classes, crop_pad=config.crop_pad, flip=config.flip))
           for model, d, w, p in shapes for mode in config.modes for lr in rates]
 
 
