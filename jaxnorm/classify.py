@@ -40,6 +40,7 @@ from jaxnorm import validate
 MODES = ("norm", "output", "random_subset", "norm_output", "full")
 MODELS = ("mlp", "conv", "resnet", "vgg")
 CONV_MODELS = ("conv", "resnet", "vgg")
+EVAL_BATCH = 1024   # examples evaluated at once (`Classification.eval_batch`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +146,7 @@ def estimate_bytes(spec: ClassifySpec, seeds: int, n_train: int, n_test: int) ->
   Each seed keeps its parameters (twice on the device, once on the host)
   and, for the leaves it differentiates, Adam's two moments, a gradient, a
   mask and a host copy; a step needs the activations of a batch and their
-  gradients, an evaluation those of the whole train (or test) set. Sizes come
+  gradients, an evaluation those of `EVAL_BATCH` examples at once. Sizes come
   from `jax.eval_shape` (nothing is allocated or compiled).
 
   Args:
@@ -165,7 +166,7 @@ def estimate_bytes(spec: ClassifySpec, seeds: int, n_train: int, n_test: int) ->
   trainable = size(freeze.partition(shapes, selection.trainable_mask(spec.mode, shapes, output))[0])
   positions = int(np.prod(sample.shape[1:-1])) if spec.model in CONV_MODELS else 1
   units = sample[0].size + (selection.count_norm_entries(shapes) // 2) * positions
-  work = max(6 * spec.batch_size, 2 * max(n_train, n_test)) * units
+  work = max(6 * spec.batch_size, 2 * min(max(n_train, n_test), EVAL_BATCH)) * units
   return 4 * (seeds * (3 * params + 4 * trainable + work) + sample[0].size * (n_train + n_test))
 
 
@@ -208,7 +209,8 @@ def task(spec: ClassifySpec, split: data.Split) -> tasks.Classification:
     augment = data.CropFlip(spec.crop_pad, spec.flip,
                             None if spec.model in CONV_MODELS else image)
   return tasks.Classification(train=(_inputs(spec, split.x_train), split.y_train),
-                              test=(_inputs(spec, split.x_test), split.y_test), augment=augment)
+                              test=(_inputs(spec, split.x_test), split.y_test), augment=augment,
+                              eval_batch=EVAL_BATCH)
 
 
 def train(spec: ClassifySpec, seed_ids, split: data.Split, *, validation: float = 0.0,

@@ -340,12 +340,15 @@ class Classification:
     augment: optional `augment(key, x) -> x` applied to every training batch
       (never to evaluation), e.g. `jaxnorm.data.CropFlip(pad=4, flip=True)`;
       hashable by value keeps compiled programs shared.
+    eval_batch: examples evaluated at once when measuring accuracy (bounds
+      the memory of the evaluation, e.g. on CIFAR-10's 50,000 images).
   """
 
   train: tuple
   test: tuple
   loss: Optional[Callable] = None
   augment: Optional[Callable] = None
+  eval_batch: int = 1024
 
   metric_names = ("test_acc", "train_acc")
   primary_metric = "test_acc"
@@ -367,6 +370,7 @@ class Classification:
                                  f"inputs {x.shape[1:]}")
     if self.loss is not None and not callable(self.loss):
       raise validate.ConfigError(f"loss must be a callable loss(logits, y), got {self.loss!r}")
+    validate.positive_int("eval_batch", self.eval_batch)
     if self.augment is not None and not callable(self.augment):
       raise validate.ConfigError(f"augment must be a callable augment(key, x), got "
                                  f"{self.augment!r}")
@@ -375,7 +379,7 @@ class Classification:
     object.__setattr__(self, "n_classes", int(max(y.max(), yt.max())) + 1)
 
   def _static(self):
-    return (self.loss, self.augment, tuple(a.shape for a in self._data))
+    return (self.loss, self.augment, self.eval_batch, tuple(a.shape for a in self._data))
 
   def __eq__(self, other):
     return isinstance(other, Classification) and self._static() == other._static()
@@ -432,9 +436,15 @@ class Classification:
     return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
 
   def metrics(self, predict, state, consts):
-    """Test and train accuracy (`predict(x)` = the model at evaluation)."""
+    """Test and train accuracy (`predict(x)` = the model at evaluation), `eval_batch` at a time."""
     del state
-    acc = lambda x, y: jnp.mean(jnp.argmax(predict(x), -1) == y)
+
+    def acc(x, y):
+      if len(x) <= self.eval_batch:
+        return jnp.mean(jnp.argmax(predict(x), -1) == y)
+      right = jax.lax.map(lambda xy: jnp.argmax(predict(xy[0][None])[0], -1) == xy[1], (x, y),
+                          batch_size=self.eval_batch)
+      return jnp.mean(right)
     return {"test_acc": acc(consts[2], consts[3]), "train_acc": acc(consts[0], consts[1])}
 
   def residual_form(self) -> bool:

@@ -84,3 +84,17 @@ def test_bad_tasks_are_one_line_errors(make, message):
   with pytest.raises(jaxnorm.ConfigError, match=message):
     make()
   assert tasks.Regression   # the module is the public home of the task types
+
+
+def test_accuracy_in_eval_batches_equals_all_at_once():
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(50, 4)).astype(np.float32), rng.integers(0, 3, 50)
+  w = rng.normal(size=(4, 3)).astype(np.float32)
+  predict = lambda inputs: inputs @ w
+  whole = jaxnorm.Classification(train=(x, y), test=(x[:20], y[:20]))
+  batched = jaxnorm.Classification(train=(x, y), test=(x[:20], y[:20]), eval_batch=7)
+  a, b = (t.metrics(predict, {}, t.consts()) for t in (whole, batched))
+  assert float(a["train_acc"]) == float(b["train_acc"]) == pytest.approx(np.mean((x @ w).argmax(1) == y))
+  assert float(a["test_acc"]) == float(b["test_acc"])
+  with pytest.raises(jaxnorm.ConfigError, match="eval_batch"):
+    jaxnorm.Classification(train=(x, y), test=(x, y), eval_batch=0)

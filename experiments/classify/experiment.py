@@ -70,8 +70,8 @@ class Config:
   flip: bool = hparam(False, "Random horizontal flips of the training images (off: digits are "
                       "not mirror-symmetric).")
   mlp_depths: tuple[int, ...] = hparam(
-      (2, 4, 6), "Hidden layers of the MLPs (depth sweep at the first width; empty: none).")
-  mlp_widths: tuple[int, ...] = hparam((512,), "Hidden widths of the MLPs.")
+      (2, 4), "Hidden layers of the MLPs (depth sweep at the first width; empty: none).")
+  mlp_widths: tuple[int, ...] = hparam((1024,), "Hidden widths of the MLPs.")
   keep_probs: tuple[float, ...] = hparam((1.0,), "Keep-probabilities p of the frozen MLP weights.")
   resnet_depths: tuple[int, ...] = hparam(
       (8, 14), "Depths (6n+2) of the CIFAR ResNets (depth sweep at the first width; empty: none).")
@@ -90,7 +90,7 @@ class Config:
   chunk_steps: int = hparam(200, "Steps per compiled chunk (a checkpoint is saved after each).")
   batch_size: int = hparam(128, "Examples per step.")
   learning_rates: tuple[float, ...] = hparam(
-      (1e-2, 3e-2), "Adam peak learning rates (cosine decay) swept per (cell, mode); the one "
+      (3e-2, 1e-1), "Adam peak learning rates (cosine decay) swept per (cell, mode); the one "
       "with the best validation accuracy is reported.", aliases=("learning_rate",))
   validation: float = hparam(0.1, "Share of each class's training examples held out to choose "
                              "the learning rate.")

@@ -1,4 +1,4 @@
-"""Digits: norm-only MLPs (depth 2-6) and ResNets (8, 14) beside random_subset and output-only.
+"""Digits: norm-only MLPs (depth 2, 4) and ResNets (8, 14) beside random_subset and output-only.
 
   python -m experiments.classify --workdir=/tmp/classify
 """
