@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +50,9 @@ class BlockReport(NamedTuple):
 
   Attributes:
     block: the block index `i`, 1-based as in docs/design.md §1.
-    solver: `"lstsq"` or `"cg"`.
+    solver: `"lstsq"` or `"cg"` (the solver of the returned norms; `auto`
+      reports `"lstsq"` for a block where `cg` missed and `lstsq` took over,
+      with `iterations` of the `cg` attempt).
     width: `m_i`, the hidden width of the block.
     min_width: `d_i * d_{i-1}`, the smallest width that can be exact.
     residual: relative residual `||K gamma - vec T_i|| / ||vec T_i||` of the
@@ -75,6 +77,12 @@ class BlockReport(NamedTuple):
   exact: bool
 
 
+# The rebuilt network counts as exact when its relative error on the probe set is at most this
+# (about what rounding through a few wide layers reaches in the dtype).
+NETWORK_TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-9}
+PROBE_POINTS = 512   # probe inputs of a ball domain: half on the sphere, half inside
+
+
 class Reconstruction(NamedTuple):
   """Norm parameters that make the frozen network compute the target.
 
@@ -83,12 +91,25 @@ class Reconstruction(NamedTuple):
     betas: `2 l` shift vectors.
     blocks: one `BlockReport` per block.
     frozen: the frozen weights, as arrays of the working dtype.
+    network_error: the rebuilt network's measured relative error
+      `||net(x) - target(x)|| / ||target(x)||` on the probe set (points on
+      the domain's sphere and inside it, or the data), both computed in the
+      working dtype; None where not measured.
+    network_tol: the `network_error` up to which the network counts as exact.
   """
 
   gammas: tuple[jax.Array, ...]
   betas: tuple[jax.Array, ...]
   blocks: tuple[BlockReport, ...]
   frozen: tuple[jax.Array, ...]
+  network_error: Optional[float] = None
+  network_tol: Optional[float] = None
+
+  @property
+  def exact(self) -> bool:
+    """Every block's system solved to `tol` and the network measured within `network_tol`."""
+    return all(b.exact for b in self.blocks) and (
+        self.network_error is not None and self.network_error <= self.network_tol)
 
   def apply(self, x: jax.Array) -> jax.Array:
     """Runs the frozen network with these norms on `x` `[..., d_0]` (jitted)."""
@@ -310,7 +331,9 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
       `radius` and `data` must be given.
     solver: `"lstsq"` (dense SVD in float64, reports the rank), `"cg"`
       (matrix-free CGLS in the working dtype) or `"auto"` (`lstsq` when the
-      system has at most `LSTSQ_AUTO_ENTRIES` entries).
+      system has at most `LSTSQ_AUTO_ENTRIES` entries, else `cg`, and
+      `lstsq` after all when `cg` misses `tol` and the system has at most
+      `LSTSQ_MAX_ENTRIES`: `auto` never refuses a block `lstsq` can build).
     tol: a block counts as exact when its relative residual is `<= tol`;
       default 1e-5 (float32), 1e-12 (float64). Also the `cg` stopping rule.
     maxiter: `cg` iteration cap, default `krylov.default_maxiter`.
@@ -341,15 +364,17 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     m, n = widths[i], dims[i] * dims[i + 1]
     use = solver if solver != "auto" else ("lstsq" if n * m <= LSTSQ_AUTO_ENTRIES else "cg")
     rank = iterations = status = None
-    if use == "lstsq":   # realised: the block as computed, T' = K gamma
-      gamma, realised, residual, rank = krylov.lstsq_min_norm(w_in, w_out, w_t, dtype)
-      exact = rank >= n and residual <= tol
-    else:
+    if use == "cg":
       res = krylov.solve_min_norm(w_in, w_out, w_t, tol=tol, maxiter=maxiter)
       gamma, residual = res.gamma, float(res.residual)
       iterations, status = int(res.iterations), int(res.status)
       realised = res.realised
       exact = residual <= tol
+      if not exact and solver == "auto" and n * m <= LSTSQ_MAX_ENTRIES:
+        use = "lstsq"   # e.g. width exactly d_in d_out: too ill-conditioned for CGLS
+    if use == "lstsq":   # realised: the block as computed, T' = K gamma
+      gamma, realised, residual, rank = krylov.lstsq_min_norm(w_in, w_out, w_t, dtype)
+      exact = rank >= n and residual <= tol
     if not exact and not allow_inexact:
       raise solver_failure(i, m, n, use, residual, tol, rank, iterations, status)
     # Shifts on the host (cheap next to the solve, and nothing to compile).
@@ -365,4 +390,61 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     betas += [jnp.asarray(beta1.astype(np_dtype)), jnp.asarray(beta2.astype(np_dtype))]
     reports.append(BlockReport(i + 1, use, m, n, residual, rank, iterations,
                                float(max_shift), float(in_radius), bool(exact)))
-  return Reconstruction(tuple(gammas), tuple(betas), tuple(reports), frozen)
+  error = network_error(target, frozen, gammas, betas, radius=radius, data=data, dtype=dtype)
+  network_tol = NETWORK_TOL.get(np.dtype(dtype), 1e-2)
+  if not error <= network_tol and not allow_inexact:
+    raise ValueError(
+        f"the rebuilt network is off by {error:.3g} (relative, on {PROBE_POINTS} probe inputs of "
+        f"the domain, {np.dtype(dtype)}) although every block's system was solved to tol "
+        f"{tol:.3g}: the blocks are too ill-conditioned for {np.dtype(dtype)}; widen the frozen "
+        f"layers, use float64, or pass allow_inexact=True")
+  return Reconstruction(tuple(gammas), tuple(betas), tuple(reports), frozen, float(error),
+                        network_tol)
+
+
+def network_error(target, frozen, gammas, betas, *, radius=None, data=None, dtype=np.float32,
+                  seed: int = 0) -> float:
+  """Measured relative error of a rebuilt network against its target on a probe set.
+
+  Args:
+    target: `[(T_i, c_i), ...]`.
+    frozen: the frozen matrices.
+    gammas: the rebuilt scales.
+    betas: the rebuilt shifts.
+    radius: a ball domain: `PROBE_POINTS // 2` points on its sphere and as
+      many uniform inside it.
+    data: a finite domain: its points (the first 4096).
+    dtype: the working dtype (both networks run in it).
+    seed: seed of the probe points.
+
+  Returns:
+    `||net(x) - target(x)||_F / ||target(x)||_F` (the absolute error where
+    the target is 0 on the probe set).
+  """
+  d_in = np.shape(frozen[0])[1]
+  if data is not None:
+    x = np.asarray(data, np.float64)[:4096]
+  else:
+    rng = np.random.default_rng(seed)
+    half = PROBE_POINTS // 2
+    g = rng.normal(size=(2 * half, d_in))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    g[half:] *= rng.uniform(size=(half, 1)) ** (1.0 / d_in)   # uniform in the ball
+    x = float(radius) * g
+  dt = np.dtype(dtype)   # on the host, in the working dtype (no compile per shape)
+  cast = lambda a: np.asarray(a).astype(dt)
+  x = x.astype(dt)
+  want = x
+  for k, (w, b) in enumerate(target):
+    want = want @ cast(w).T + cast(b)
+    if k < len(target) - 1:
+      want = np.maximum(want, 0)
+  got = x
+  for k, (w, g, b) in enumerate(zip(frozen, gammas, betas)):
+    got = cast(g) * (got @ cast(w).T) + cast(b)
+    if k < len(frozen) - 1:
+      got = np.maximum(got, 0)
+  want, got = want.astype(np.float64), got.astype(np.float64)
+  scale = np.linalg.norm(want)
+  err = np.linalg.norm(got - want)
+  return float(err / scale) if scale > 0 else float(err)

@@ -232,6 +232,42 @@ def test_cg_that_cannot_converge_raises_unless_allowed():
   assert rec.blocks[0].iterations == 2 and rec.blocks[0].residual > 1e-5
 
 
+def test_auto_falls_back_to_lstsq_where_cg_misses(x64, monkeypatch):
+  del x64
+  # A ratio-1 block that `auto` hands to cg first (as it does above LSTSQ_AUTO_ENTRIES); cg
+  # misses in 2 iterations, and lstsq, which fits in its cap, builds it exactly.
+  monkeypatch.setattr(construct, "LSTSQ_AUTO_ENTRIES", 0)
+  target, frozen = make_problem(3, (4, 5), [20], np.float64)
+  rec = construct.reconstruct(target, frozen, radius=1.0, solver="auto", maxiter=2)
+  block = rec.blocks[0]
+  assert block.exact and block.solver == "lstsq" and block.iterations == 2 and block.rank == 20
+  x = ball_and_sphere(2, 100, 4, 1.0)
+  assert rel_err(rec.apply(x), target, x) <= 1e-9
+  monkeypatch.setattr(construct, "LSTSQ_MAX_ENTRIES", 0)   # too big for lstsq: cg's verdict
+  with pytest.raises(ValueError, match="did not converge in 2 iterations"):
+    construct.reconstruct(target, frozen, radius=1.0, solver="auto", maxiter=2)
+
+
+def test_the_network_itself_is_measured_and_exact_means_the_network(x64, monkeypatch):
+  del x64
+  dims = (3, 5, 2)
+  target, frozen = make_problem(4, dims, at_threshold(dims), np.float64)
+  rec = construct.reconstruct(target, frozen, radius=2.0)
+  assert rec.exact and rec.network_error <= 1e-9 and rec.network_tol == 1e-9
+  spoiled = list(rec.gammas)
+  spoiled[0] = spoiled[0] * (1 + 1e-6)
+  err = construct.network_error(target, rec.frozen, spoiled, rec.betas, radius=2.0,
+                                dtype=np.float64)
+  assert 1e-8 < err < 1e-4   # a real measurement: a 1e-6 change of the norms shows
+  # Blocks solved to tol but a network off by more than the dtype allows: refused, or kept
+  # (and not called exact) with allow_inexact.
+  monkeypatch.setitem(construct.NETWORK_TOL, np.dtype(np.float64), 1e-30)
+  with pytest.raises(ValueError, match="the rebuilt network is off by .* although every block"):
+    construct.reconstruct(target, frozen, radius=2.0)
+  kept = construct.reconstruct(target, frozen, radius=2.0, allow_inexact=True)
+  assert all(b.exact for b in kept.blocks) and not kept.exact
+
+
 def _bad(kind):
   target, frozen = make_problem(16, (3, 4, 2), [12, 8], np.float32)
   kwargs = dict(radius=1.0)
