@@ -54,6 +54,8 @@ class FitSpec:
     hidden_widths: `[m_1, ..., m_l]`: width of the first layer of each random
       block; the frozen network has widths `[d_0, m_1, d_1, ..., m_l, d_l]`.
     norm: `"affine"`, `"batchnorm"` or `"layernorm"`.
+    output_norm: the kind of the network's last norm (`""`: `norm`); e.g.
+      `"affine"` after LayerNorm hidden layers (see `NormMLP.output_norm`).
     keep_prob: keep-probability `p` of each frozen weight.
     steps: optimizer steps (`None`: `DEFAULT_STEPS[optimizer]`); for
       `distill`, the Levenberg–Marquardt steps on the norms after the
@@ -85,6 +87,7 @@ class FitSpec:
   target_widths: Sequence[int]
   hidden_widths: Sequence[int]
   norm: str = "affine"
+  output_norm: str = ""
   keep_prob: float = 1.0
   steps: Optional[int] = None
   chunk_steps: Optional[int] = None
@@ -126,7 +129,8 @@ class FitSpec:
 
   def model(self) -> models.NormMLP:
     """The frozen network this spec fits."""
-    return models.NormMLP(self.network_widths, self.norm, self.keep_prob)
+    return models.NormMLP(self.network_widths, self.norm, self.keep_prob,
+                          output_norm=self.output_norm or None)
 
 
 def check_spec(spec: FitSpec) -> FitSpec:
@@ -147,6 +151,8 @@ def check_spec(spec: FitSpec) -> FitSpec:
         f"need one hidden width per target layer: {len(target) - 1} for target widths "
         f"{list(target)}, got {list(hidden)}")
   validate.one_of("norm kind", spec.norm, models.NORM_KINDS)
+  if spec.output_norm:
+    validate.one_of("output norm kind", spec.output_norm, models.NORM_KINDS)
   validate.one_of("optimizer", spec.optimizer, OPTIMIZERS)
   validate.probability("keep probability p", spec.keep_prob)
   for name in ("steps", "chunk_steps", "batch_size", "eval_size", "fit_size", "restarts",
@@ -159,6 +165,11 @@ def check_spec(spec: FitSpec) -> FitSpec:
   validate.one_of("schedule", spec.schedule, SCHEDULES)
   validate.one_of("input distribution", spec.input_distribution, domain.INPUT_DISTRIBUTIONS)
   validate.one_of("init", spec.init, INITS)
+  if spec.output_norm and spec.output_norm != spec.norm and spec.optimizer in (
+      "distill", "construct") or spec.output_norm not in ("", spec.norm) and spec.init == "linear":
+    raise validate.ConfigError(
+        f"optimizer={spec.optimizer}, init={spec.init} build affine norms throughout: "
+        f"output_norm={spec.output_norm} must be left out")
   if spec.optimizer == "distill" and (spec.norm != "affine" or spec.init != "standard"):
     raise validate.ConfigError(
         f"optimizer=distill constructs affine norms from its student: it needs norm=affine and "

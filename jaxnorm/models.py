@@ -19,7 +19,7 @@ when they bring weights of their own (`target_from_params`, `apply_target`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -72,12 +72,18 @@ class NormMLP(nn.Module):
     norm: `"affine"`, `"batchnorm"` or `"layernorm"`.
     keep_prob: keep-probability `p` of each frozen weight (1 = dense).
     momentum: BatchNorm running-average momentum.
+    output_norm: the kind of the last norm (`None`: `norm`). A LayerNorm there
+      normalises every output vector to mean 0 and variance 1 across its
+      units before the scale and shift, so the network can only produce
+      outputs of that shape (a single output is constant); `"affine"` ends
+      the network with a free per-unit scale and shift instead.
   """
 
   widths: Sequence[int]
   norm: str = "affine"
   keep_prob: float = 1.0
   momentum: float = 0.99
+  output_norm: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -95,8 +101,10 @@ class NormMLP(nn.Module):
     for k, width in enumerate(self.widths[1:]):
       x = nn.Dense(width, use_bias=False, kernel_init=sparse_he_normal(self.keep_prob),
                    name=f"dense_{k}")(x)
-      x = norm_layer(self.norm, f"norm_{k}", self.momentum, x, train)
-      if k < n_layers - 1:
+      last = k == n_layers - 1
+      kind = self.output_norm if last and self.output_norm is not None else self.norm
+      x = norm_layer(kind, f"norm_{k}", self.momentum, x, train)
+      if not last:
         x = nn.relu(x)
     return x
 

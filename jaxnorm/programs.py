@@ -70,10 +70,12 @@ def model_info(model) -> dict[str, Any]:
   from jaxnorm import models  # pylint: disable=g-import-not-at-top
   if isinstance(model, models.NormMLP):
     n_layers = len(model.widths) - 1
-    info = {"description": f"NormMLP(norm={model.norm!r}, {n_layers} layers)",
+    out = model.norm if model.output_norm is None else model.output_norm
+    info = {"description": f"NormMLP(norm={model.norm!r}, {n_layers} layers"
+                           + (f", output_norm={out!r})" if out != model.norm else ")"),
             "widths": tuple(model.widths)}
     if n_layers % 2 == 0:
-      info["norm_mlp"] = (model.norm, n_layers // 2 + 1)
+      info["norm_mlp"] = (model.norm if out == model.norm else "mixed", n_layers // 2 + 1)
     return info
   return {"description": type(model).__name__}
 

@@ -263,6 +263,9 @@ BAD_SPECS = [
     (dict(optimizer="distill", norm="layernorm"), "norm=affine"),
     (dict(init="linear", norm="batchnorm"), "init=linear needs norm=affine"),
     (dict(init="zeros"), "zeros"),
+    (dict(output_norm="groupnorm"), "output norm kind"),
+    (dict(optimizer="distill", output_norm="layernorm"), "output_norm=layernorm must be left out"),
+    (dict(init="linear", output_norm="batchnorm"), "output_norm=batchnorm must be left out"),
 ]
 
 

@@ -82,3 +82,17 @@ def test_user_supplied_target_weights():
   x = jnp.array([[1., 2.]])
   # h = relu([1-2, 2-1]) = [0, 1]; out = 0 + 1 + 0.5
   np.testing.assert_allclose(jaxnorm.apply_target([(w1, b1), (w2, b2)], x), [[1.5]])
+
+
+def test_a_layernorm_output_is_constrained_and_an_affine_output_is_not():
+  x = jax.random.normal(jax.random.key(0), (16, 3))
+  ln = jaxnorm.NormMLP((3, 8, 1), norm="layernorm")
+  out = ln.apply(ln.init(jax.random.key(1), x), x)
+  np.testing.assert_allclose(out, out[0, 0], atol=1e-6)   # one output: always its shift
+  ln2 = jaxnorm.NormMLP((3, 8, 2), norm="layernorm")
+  out2 = ln2.apply(ln2.init(jax.random.key(1), x), x)
+  np.testing.assert_allclose(out2.sum(-1), 0.0, atol=1e-5)   # mean 0 across the outputs
+  free = jaxnorm.NormMLP((3, 8, 1), norm="layernorm", output_norm="affine")
+  variables = free.init(jax.random.key(1), x)
+  assert float(jnp.std(free.apply(variables, x))) > 0.01
+  assert sorted(variables["params"]["norm_1"]) == ["bias", "scale"]   # still tunable norms

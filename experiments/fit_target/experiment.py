@@ -86,6 +86,9 @@ class Config:
   schedule: str = hparam("cosine", "Learning-rate schedule (adam): constant | cosine.")
   norm: str = hparam("affine", "Norm layers of the frozen network: affine | batchnorm | "
                      "layernorm (distill and construct need affine).")
+  output_norm: str = hparam("", "The network's last norm, if not --norm (e.g. affine after "
+                            "layernorm: a LayerNorm output is normalised across its units, so "
+                            "it can only fit outputs of zero mean and fixed spread).")
   sparsity: float = hparam(1.0, "Keep-probability p of each frozen weight, in (0, 1].")
   radius: float = hparam(1.0, "Radius of the input domain.")
   input_distribution: str = hparam("ball", "Inputs: ball | gaussian.")
