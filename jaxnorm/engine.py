@@ -225,7 +225,8 @@ def init_states(model, task, seeds: Sequence[int], *, trainable: selection.Train
       model, (sample.shape, sample.dtype), task, method, trainable, 2, seed, "vmap", mesh, None))
   consts, state = _initialise(programs, task, seed_ids, mesh)
   if start is not None:
-    state = start(programs_lib.Run(programs, consts, mesh, programs.info, task), state)
+    state = start(programs_lib.Run(programs, consts, mesh, programs.info, task, seed_ids.size),
+                  state)
   return sharding.to_host(state, seed_ids.size)
 
 
@@ -311,7 +312,7 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   lengths = chunk_lengths(steps, chunk_steps)
   curve = np.full((len(lengths), state.step.shape[0]), np.nan, np.float32)
   resumed = checkpoint.restore(state, curve) if checkpoint is not None else None
-  run = programs_lib.Run(programs, consts, mesh, programs.info, task)
+  run = programs_lib.Run(programs, consts, mesh, programs.info, task, n)
   if resumed is not None:
     done, state, curve = resumed
     logging.info("resumed after chunk %d/%d", done, len(lengths))

@@ -322,6 +322,7 @@ class Run(NamedTuple):
   mesh: Any
   model_info: dict[str, Any]
   task: Any
+  seeds: Optional[int] = None   # seeds fitted (the state may hold padding seeds beyond them)
 
   def map(self, fn: Callable, one_shot: bool = False) -> Callable:
     """`fn(consts, state)` per seed, compiled; call the result as `f(state)`."""

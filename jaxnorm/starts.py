@@ -66,6 +66,14 @@ def constructed_norms(run, state, layers, data=None):
   domain_arg = {"radius": run.task.radius} if data is None else {"data": data}
   rec = construct_batch.reconstruct_batch(layers, frozen, allow_inexact=True, mesh=run.mesh,
                                           **domain_arg)
+  seeds = run.seeds or state.step.shape[0]
+  for block in rec.blocks:   # the blocks' own verdicts, per seed (padding seeds left out)
+    exact = np.asarray(block.exact)[:seeds]
+    residual = np.asarray(block.residual)[:seeds]
+    log = logging.info if exact.all() else logging.warning
+    log("construction block %d (width %d, min %d): %d/%d seeds exact (relative residual median "
+        "%.3g, max %.3g)", block.block, block.width, block.min_width, int(exact.sum()), seeds,
+        float(np.median(residual)), float(np.max(residual)))
   trainable = {}
   for k in range(n_layers):
     trainable[(f"norm_{k}", "scale")] = rec.gammas[k]

@@ -10,10 +10,14 @@ TARGET = jaxnorm.Regression(jaxnorm.RandomMLP((2, 3, 2)), eval_size=256)
 NET = jaxnorm.NormMLP((2, 12, 3, 12, 2))   # m = 2 * d_in * d_out per block
 
 
-def test_construct_start_is_exact_and_linear_start_keeps_scales():
-  result = jaxnorm.fit(NET, TARGET, 2, steps=1, optimizer=jaxnorm.default_optimizer(1, 1e-9),
-                       start=jaxnorm.Construct())
+def test_construct_start_is_exact_and_linear_start_keeps_scales(caplog):
+  with caplog.at_level("INFO"):
+    result = jaxnorm.fit(NET, TARGET, 2, steps=1, optimizer=jaxnorm.default_optimizer(1, 1e-9),
+                         start=jaxnorm.Construct())
   assert (result.rel_mse < 1e-6).all(), result.rel_mse
+  # The construction's own verdict per block is reported, not only the fit's error.
+  lines = [r.getMessage() for r in caplog.records if "construction block" in r.getMessage()]
+  assert len(lines) == 2 and all("2/2 seeds exact" in l for l in lines), lines
   plain = engine.init_states(NET, TARGET, [0, 1])
   linear = engine.init_states(NET, TARGET, [0, 1], start=jaxnorm.LinearRegime())
   for path, value in plain.trainable.items():
