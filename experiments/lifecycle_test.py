@@ -112,17 +112,26 @@ def _damage(step_dir, how):
               f.write(b"\x5a" * size)
 
 
+@pytest.fixture(scope="module")
+def stopped_and_whole(tmp_path_factory):
+  """A workdir stopped after 2 of 3 chunks (two checkpoints), and the uninterrupted rows."""
+  path = tmp_path_factory.mktemp("stopped")
+  config = _stopped(path / "w")
+  return config, path / "w", fit_target.run(config, str(path / "whole"))["rows"]
+
+
 @pytest.mark.parametrize("how", ["meta", "no state", "truncated state", "overwritten state"])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, how):
-  config = _stopped(tmp_path)
-  steps = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, how,
+                                                                 stopped_and_whole):
+  config, stopped, whole = stopped_and_whole
+  shutil.copytree(stopped, tmp_path / "w")
+  steps = sorted(int(p) for p in os.listdir(tmp_path / "w" / "checkpoints") if p.isdigit())
   assert len(steps) == 2
-  _damage(tmp_path / "checkpoints" / str(steps[-1]), how)
-  ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"))   # passes over it, with a warning
+  _damage(tmp_path / "w" / "checkpoints" / str(steps[-1]), how)
+  ckpts = checkpoint.Checkpoints(str(tmp_path / "w" / "checkpoints"))   # passes it over, warns
   assert ckpts.meta["chunks_done"] == 1
   ckpts.close()
-  resumed = fit_target.run(config, str(tmp_path))
-  assert resumed["rows"] == fit_target.run(config, str(tmp_path / "whole"))["rows"]
+  assert fit_target.run(config, str(tmp_path / "w"))["rows"] == whole
 
 
 def test_every_checkpoint_damaged_is_one_clear_error(tmp_path):

@@ -96,9 +96,15 @@ class NormConvNet(nn.Module):
     for k in range(self.depth):
       x = ShiftConv(self.channels, kernel_init=init, name=f"conv_{k}")(x)
       x = nn.relu(models.norm_layer(self.norm, f"norm_{k}", self.momentum, x, train))
-    x = x.mean(axis=(-3, -2))
-    x = nn.Dense(self.n_out, use_bias=False, kernel_init=init, name="dense_out")(x)
-    return models.norm_layer(self.norm, "norm_out", self.momentum, x, train)
+    return _pooled_output(x, self.n_out, init, self.norm, self.momentum, train)
+
+
+def _pooled_output(x, n_out: int, init, norm: str, momentum: float, train: bool):
+  """The head every conv net here shares (called inside its compact `__call__`): global average
+  pooling, a frozen linear layer `dense_out` to `n_out`, a final norm `norm_out`."""
+  x = x.mean(axis=(-3, -2))
+  x = nn.Dense(n_out, use_bias=False, kernel_init=init, name="dense_out")(x)
+  return models.norm_layer(norm, "norm_out", momentum, x, train)
 
 
 class ResidualBlock(nn.Module):
@@ -192,9 +198,7 @@ class NormResNet(nn.Module):
       for b in range(blocks):
         x = ResidualBlock(self.width * 2 ** stage, 2 if stage and not b else 1, self.norm,
                           self.keep_prob, self.momentum, name=f"stage{stage}_block{b}")(x, train)
-    x = x.mean(axis=(-3, -2))
-    x = nn.Dense(self.n_out, use_bias=False, kernel_init=init, name="dense_out")(x)
-    return models.norm_layer(self.norm, "norm_out", self.momentum, x, train)
+    return _pooled_output(x, self.n_out, init, self.norm, self.momentum, train)
 
 
 def vgg_stages(depth: int) -> tuple[int, int, int]:
@@ -239,9 +243,7 @@ class NormVGG(nn.Module):
         x = ShiftConv(self.width * 2 ** stage, init, name=f"conv_{k}")(x)
         x = nn.relu(models.norm_layer(self.norm, f"norm_{k}", self.momentum, x, train))
         k += 1
-    x = x.mean(axis=(-3, -2))
-    x = nn.Dense(self.n_out, use_bias=False, kernel_init=init, name="dense_out")(x)
-    return models.norm_layer(self.norm, "norm_out", self.momentum, x, train)
+    return _pooled_output(x, self.n_out, init, self.norm, self.momentum, train)
 
 
 def _max_pool_2x2(x):

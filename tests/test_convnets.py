@@ -49,7 +49,7 @@ def _paths(tree):
 
 def test_resnet_layout_counts_and_shapes():
   net = convnets.NormResNet(depth=8, width=4, n_out=3)
-  variables = jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  variables = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   params = variables["params"]
   assert sorted(params) == ["dense_out", "norm_out", "stage0_block0", "stage1_block0",
                             "stage2_block0", "stem", "stem_norm"]
@@ -69,10 +69,10 @@ def test_resnet_layout_counts_and_shapes():
 def test_vgg_spreads_its_convolutions_over_three_stages():
   assert convnets.vgg_stages(1) == (1, 0, 0) and convnets.vgg_stages(8) == (3, 3, 2)
   net = convnets.NormVGG(depth=4, width=4)
-  variables = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  variables = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   params = variables["params"]
   assert [params[f"conv_{k}"]["kernel"].shape[-1] for k in range(4)] == [4, 4, 8, 16]
-  assert net.apply(variables, jnp.ones((2, 8, 8, 1))).shape == (2, 10)
+  assert jax.eval_shape(net.apply, variables, jnp.ones((2, 8, 8, 1))).shape == (2, 10)
   x = jnp.arange(2 * 5 * 5 * 1.0).reshape(2, 5, 5, 1)
   np.testing.assert_array_equal(convnets._max_pool_2x2(x)[0, :, :, 0], [[6, 8], [16, 18]])
 
