@@ -209,8 +209,9 @@ def scale(config, case: dict[str, Any], peak: float) -> tuple[dict[str, Any], di
   if solver == "cg":
     _, _, warm = _try(target, [w1, w2], config.radius, x, solver="cg")
     gflops = 4.0 * m * d * d * block.iterations / warm / 1e9
-    timing.update(warm_seconds=round(warm, 4), gflops=round(gflops, 2),
-                  peak_fraction=round(gflops / peak, 3))
+    # Three significant digits: a tiny block's rate rounds to 0.0 at two decimals.
+    timing.update(warm_seconds=round(warm, 4), gflops=float(f"{gflops:.3g}"),
+                  peak_fraction=float(f"{gflops / peak:.3g}"))
     row = _row("scale", d, 1.0, m, 2.0, [err], "cg", dtype="float32", residual=block.residual,
                iterations=block.iterations)
   else:
