@@ -107,17 +107,17 @@ def test_cli_end_to_end(tmp_path):
 # Bad values, refused in one line before compute: through the CLI (a fresh process each, so a
 # few representative ones) ...
 CLI_BAD_FLAGS = [
-    (["--sparsity=1.5"], "1.5"),
-    (["--target_widths=3,x"], "x"),
-    (["--widths=5", "--width_multipliers=1"], "not both"),
-    (["--optimizers=adam,foo"], "unknown optimizer 'foo'"),
-    (["--devices=9"], "asked for 9 devices"),
-    (["--stop_after_chunks=0"], "stop_after_chunks"),
+    (["--target_widths=3,x"], "x"),                          # a malformed value (absl)
+    (["--widths=5", "--width_multipliers=1"], "not both"),   # checked by the main
+    (["--stop_after_chunks=0"], "stop_after_chunks"),         # run control flags
     (["--checkpoint_every=0"], "checkpoint_every"),
-    (["--widths=100000", "--seeds=4096"], "of memory"),
 ]
 # ... and the rest through the same generated flags, in this process.
 BAD_FLAGS = [
+    (["--sparsity=1.5"], "1.5"),
+    (["--optimizers=adam,foo"], "unknown optimizer 'foo'"),
+    (["--devices=9"], "asked for 9 devices"),
+    (["--widths=100000", "--seeds=4096"], "of memory"),
     (["--sparsity=0"], "0"),
     (["--steps=0"], "steps"),
     (["--seeds=0"], "seeds"),
