@@ -91,3 +91,5 @@ def test_norm_only_fit_leaves_every_frozen_conv_weight_bit_identical(model):
     assert bit_identical(after[path], value), path
   moved = [p for p, v in start.trainable.items() if not bit_identical(after[p], v)]
   assert moved and all(p[-1] in ("scale", "bias") for p in start.trainable)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  assert result.trainable_params == jaxnorm.selection.count_norm_entries(shapes)
