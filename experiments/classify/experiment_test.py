@@ -195,12 +195,3 @@ def test_cli_bad_input_is_one_line_and_leaves_workdir_alone(tmp_path, flags, nee
   assert proc.returncode == 2 and len(errors) == 1 and needle in errors[0], proc.stderr
   assert "Traceback" not in proc.stderr
   assert _files(tmp_path) == {"results.json": b'{"earlier": "run"}\n'}
-
-
-def test_cli_stop_after_chunks_exits_3_with_a_checkpoint(tmp_path):
-  proc = _cli(f"--workdir={tmp_path}", "--mlp_depths=1", "--mlp_widths=8", "--keep_probs=1",
-              "--resnet_depths=", "--modes=norm", "--learning_rate=0.01", "--seeds=2", "--steps=4",
-              "--chunk_steps=2", "--batch_size=8", "--stop_after_chunks=1")
-  assert proc.returncode == 3, proc.stderr
-  assert "preempted" in proc.stderr and "Traceback" not in proc.stderr
-  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json"]
