@@ -59,9 +59,7 @@ def _as_layers(target) -> Optional[list]:
     validate.target_layers(target)
     layers = [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in target]
     for k, (w, b) in enumerate(layers):
-      for name, a in (("weight", w), ("bias", b)):
-        if not np.isfinite(a).all():
-          raise validate.ConfigError(f"target[{k}] {name} must be finite (found NaN or inf)")
+      validate.finite_if_concrete(**{f"target[{k}] weight": w, f"target[{k}] bias": b})
     return layers
   return None
 
