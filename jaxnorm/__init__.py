@@ -10,9 +10,9 @@ program split over every device; methods as objects (`Optax`, `LBFGS`,
 guarantee (`norm_mask`, `norm_filter`, `norm_only`, `partition`, `combine`),
 the `fit_target` experiment's fits (`FitSpec`, `fit_seeds`, `seed_mesh`), checkpoints that let a fit resume (`Checkpoints`, `FitSlot`,
 `Control`), second-order and distillation fitting (`lm_fit`, `fit_student`,
-`linear_regime_norms`), norm-only classifiers on real data (`ClassifySpec`,
+`linear_regime_norms`, `widest_student`), norm-only classifiers on real data (`ClassifySpec`,
 `train_classifier`), and the exact construction (`reconstruct`,
-`reconstruct_batch`, exported with `norm_mlp_variables`). The experiments
+`reconstruct_batch`, its tolerances `exact_tol`, `network_tol`, exported with `norm_mlp_variables`). The experiments
 live outside the library, in `experiments/<name>/`.
 """
 
@@ -26,6 +26,8 @@ from jaxnorm.classify import train as train_classifier
 from jaxnorm.construct import BlockReport
 from jaxnorm.construct import Reconstruction
 from jaxnorm.construct import apply_frozen
+from jaxnorm.construct import exact_tol
+from jaxnorm.construct import network_tol
 from jaxnorm.construct import reconstruct
 from jaxnorm.construct_batch import reconstruct_batch
 from jaxnorm.convnets import NormConvNet
@@ -35,6 +37,7 @@ from jaxnorm.convnets import ResidualBlock
 from jaxnorm.convnets import ShiftConv
 from jaxnorm.distill import fit_student
 from jaxnorm.distill import linear_regime_norms
+from jaxnorm.distill import widest_student
 from jaxnorm.domain import INPUT_DISTRIBUTIONS
 from jaxnorm.domain import sample_inputs
 from jaxnorm.export import frozen_weights

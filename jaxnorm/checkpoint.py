@@ -263,6 +263,7 @@ class FitSlot:
   def __init__(self, checkpoints: Checkpoints, meta: dict[str, Any]):
     self._checkpoints = checkpoints
     self._meta = meta
+    self.notes: Optional[dict[str, Any]] = None   # the start phase's notes, saved with each step
 
   def restore(self, like_state, like_curve):
     """`(chunks_done, state, curve)` saved for this unit, or `None`."""
@@ -276,12 +277,20 @@ class FitSlot:
           f"{shape[1]}: it was written on another number of devices; re-run on as many devices "
           f"or pass --overwrite")
     state, curve = self._checkpoints.restore_state((like_state, like_curve))
+    self.notes = saved.get("start_notes")
     return saved["chunks_done"], state, np.array(curve)
 
-  def save(self, chunks_done: int, n_chunks: int, state, curve) -> None:
-    """Saves after the start phase (`chunks_done=0`); counts and maybe saves after a chunk."""
+  def save(self, chunks_done: int, n_chunks: int, state, curve, notes=None) -> None:
+    """Saves after the start phase (`chunks_done=0`); counts and maybe saves after a chunk.
+
+    The start phase's `notes` (JSON-able) are kept and saved with every later step.
+    """
+    if notes is not None:
+      self.notes = notes
     meta = dict(self._meta, chunks_done=chunks_done, n_chunks=n_chunks,
                 curve_shape=list(np.shape(curve)))
+    if self.notes:
+      meta["start_notes"] = self.notes
     if chunks_done == 0:
       self._checkpoints.save(meta, (state, curve))
     else:

@@ -77,9 +77,45 @@ class BlockReport(NamedTuple):
   exact: bool
 
 
-# The rebuilt network counts as exact when its relative error on the probe set is at most this
-# (about what rounding through a few wide layers reaches in the dtype).
-NETWORK_TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-9}
+# What counts as exact, relative to what the working dtype can reach: float32's thresholds (a
+# block's relative residual 1e-5, the rebuilt network's relative error 1e-4: what rounding
+# through a few wide layers reaches there) scaled by sqrt(eps / eps_float32) for other dtypes —
+# a solve's error grows with its condition number, and blocks conditioned up to ~1/sqrt(eps)
+# are accepted in every dtype (float64: 4.3e-10 and 4.3e-9).
+RESIDUAL_TOL_FLOAT32 = 1e-5
+NETWORK_TOL_FLOAT32 = 1e-4
+
+
+def _dtype_scaled(tol_float32: float, dtype) -> float:
+  ratio = float(np.finfo(np.dtype(dtype)).eps) / float(np.finfo(np.float32).eps)
+  return float(f"{tol_float32 * math.sqrt(ratio):.2g}")
+
+
+def exact_tol(dtype) -> float:
+  """The relative residual up to which a block's system counts as solved exactly.
+
+  Args:
+    dtype: the working floating dtype.
+
+  Returns:
+    `1e-5 * sqrt(eps(dtype) / eps(float32))` to two digits: 1e-5 for
+    float32, 4.3e-10 for float64.
+  """
+  return _dtype_scaled(RESIDUAL_TOL_FLOAT32, dtype)
+
+
+def network_tol(dtype) -> float:
+  """The measured relative error up to which a rebuilt network counts as exact.
+
+  Args:
+    dtype: the working floating dtype.
+
+  Returns:
+    `1e-4 * sqrt(eps(dtype) / eps(float32))` to two digits: 1e-4 for
+    float32, 4.3e-9 for float64.
+  """
+  return _dtype_scaled(NETWORK_TOL_FLOAT32, dtype)
+
 PROBE_POINTS = 512   # probe inputs of a ball domain: half on the sphere, half inside
 
 
@@ -335,7 +371,10 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
       `lstsq` after all when `cg` misses `tol` and the system has at most
       `LSTSQ_MAX_ENTRIES`: `auto` never refuses a block `lstsq` can build).
     tol: a block counts as exact when its relative residual is `<= tol`;
-      default 1e-5 (float32), 1e-12 (float64). Also the `cg` stopping rule.
+      also the `cg` stopping rule. Default: exact within `exact_tol(dtype)`
+      (1e-5 float32, 4.3e-10 float64), `cg` solving towards
+      `krylov.default_tol(dtype)` (1e-5, 1e-12). The network is exact when
+      also its measured error is within `network_tol(dtype)`.
     maxiter: `cg` iteration cap, default `krylov.default_maxiter`.
     allow_inexact: keep the least-squares fit of blocks that cannot be exact
       (width below `d_i d_{i-1}`, rank-deficient) instead of raising.
@@ -354,7 +393,9 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     check_width(i, m, dims[i], dims[i + 1], allow_inexact)
   dtype = working_dtype([a for layer in target for a in layer] + list(frozen))
   frozen = tuple(jnp.asarray(w, dtype) for w in frozen)
-  tol = krylov.default_tol(dtype) if tol is None else float(tol)
+  # cg aims at krylov.default_tol (stricter in float64); a block is exact within exact_tol
+  aim, tol = ((krylov.default_tol(dtype), exact_tol(dtype)) if tol is None
+              else (float(tol), float(tol)))
   r = None if radius is None else float(radius)
   h = None if data is None else np.asarray(data, np.float64)
   gammas, betas, reports = [], [], []
@@ -365,7 +406,7 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     use = solver if solver != "auto" else ("lstsq" if n * m <= LSTSQ_AUTO_ENTRIES else "cg")
     rank = iterations = status = None
     if use == "cg":
-      res = krylov.solve_min_norm(w_in, w_out, w_t, tol=tol, maxiter=maxiter)
+      res = krylov.solve_min_norm(w_in, w_out, w_t, tol=aim, maxiter=maxiter)
       gamma, residual = res.gamma, float(res.residual)
       iterations, status = int(res.iterations), int(res.status)
       realised = res.realised
@@ -391,15 +432,39 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     reports.append(BlockReport(i + 1, use, m, n, residual, rank, iterations,
                                float(max_shift), float(in_radius), bool(exact)))
   error = network_error(target, frozen, gammas, betas, radius=radius, data=data, dtype=dtype)
-  network_tol = NETWORK_TOL.get(np.dtype(dtype), 1e-2)
-  if not error <= network_tol and not allow_inexact:
+  net_tol = network_tol(dtype)
+  if not error <= net_tol and not allow_inexact:
     raise ValueError(
         f"the rebuilt network is off by {error:.3g} (relative, on {PROBE_POINTS} probe inputs of "
         f"the domain, {np.dtype(dtype)}) although every block's system was solved to tol "
         f"{tol:.3g}: the blocks are too ill-conditioned for {np.dtype(dtype)}; widen the frozen "
         f"layers, use float64, or pass allow_inexact=True")
   return Reconstruction(tuple(gammas), tuple(betas), tuple(reports), frozen, float(error),
-                        network_tol)
+                        net_tol)
+
+
+def probe_inputs(d_in: int, *, radius=None, data=None, seed: int = 0) -> np.ndarray:
+  """The probe set on which a rebuilt network is measured (float64, on the host).
+
+  Args:
+    d_in: the input dimension.
+    radius: a ball domain: `PROBE_POINTS // 2` points on its sphere and as
+      many uniform inside it.
+    data: a finite domain `[n, d_in]` (or `[S, n, d_in]`): its first 4096 points.
+    seed: seed of the ball's probe points.
+
+  Returns:
+    `[n, d_in]` (or `[S, n, d_in]` for per-seed data).
+  """
+  if data is not None:
+    data = np.asarray(data, np.float64)
+    return data[..., :4096, :]
+  rng = np.random.default_rng(seed)
+  half = PROBE_POINTS // 2
+  g = rng.normal(size=(2 * half, d_in))
+  g /= np.linalg.norm(g, axis=1, keepdims=True)
+  g[half:] *= rng.uniform(size=(half, 1)) ** (1.0 / d_in)   # uniform in the ball
+  return float(radius) * g
 
 
 def network_error(target, frozen, gammas, betas, *, radius=None, data=None, dtype=np.float32,
@@ -421,16 +486,7 @@ def network_error(target, frozen, gammas, betas, *, radius=None, data=None, dtyp
     `||net(x) - target(x)||_F / ||target(x)||_F` (the absolute error where
     the target is 0 on the probe set).
   """
-  d_in = np.shape(frozen[0])[1]
-  if data is not None:
-    x = np.asarray(data, np.float64)[:4096]
-  else:
-    rng = np.random.default_rng(seed)
-    half = PROBE_POINTS // 2
-    g = rng.normal(size=(2 * half, d_in))
-    g /= np.linalg.norm(g, axis=1, keepdims=True)
-    g[half:] *= rng.uniform(size=(half, 1)) ** (1.0 / d_in)   # uniform in the ball
-    x = float(radius) * g
+  x = probe_inputs(np.shape(frozen[0])[1], radius=radius, data=data, seed=seed)
   dt = np.dtype(dtype)   # on the host, in the working dtype (no compile per shape)
   cast = lambda a: np.asarray(a).astype(dt)
   x = x.astype(dt)

@@ -27,6 +27,9 @@ from jaxnorm.construct import as_dense
 from jaxnorm.construct import solver_failure
 from jaxnorm.construct import working_dtype
 from jaxnorm.construct import apply_frozen
+from jaxnorm.construct import exact_tol
+from jaxnorm.construct import network_tol
+from jaxnorm.construct import probe_inputs
 from jaxnorm.validate import ConfigError
 
 
@@ -56,8 +59,9 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
     A `Reconstruction` whose `gammas`, `betas` and `frozen` have the leading
     seed axis, whose `BlockReport` fields `residual`, `iterations`,
     `max_shift`, `input_radius`, `exact` are `[S]` numpy arrays (`rank` is
-    None), and whose `apply(x)` maps shared inputs `[..., d_0]` to
-    `[S, ..., d_L]`.
+    None), whose `network_error` (measured as in `reconstruct`) and `exact`
+    are `[S]` numpy arrays, and whose `apply(x)` maps shared inputs
+    `[..., d_0]` to `[S, ..., d_L]`.
   """
   if not len(frozen) or np.ndim(as_dense(frozen[0])) != 3:
     raise ConfigError("reconstruct_batch needs frozen matrices with a leading seed axis [S, ...]")
@@ -76,14 +80,16 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
 
   frozen = tuple(padded(w) for w in frozen)
   target = [(padded(w), padded(b)) for w, b in target]
-  tol = krylov.default_tol(dtype) if tol is None else float(tol)
+  # cg aims at krylov.default_tol; a block is exact within exact_tol (as in `reconstruct`)
+  aim, tol = ((krylov.default_tol(dtype), exact_tol(dtype)) if tol is None
+              else (float(tol), float(tol)))
   r = None if radius is None else jnp.asarray(radius, dtype)
   h = None if data is None else (padded(data) if np.ndim(data) == 3 else jnp.asarray(data, dtype))
   gammas, betas, reports = [], [], []
   for i, (w_t, bias) in enumerate(target):
     w_in, w_out = frozen[2 * i], frozen[2 * i + 1]
     n = dims[i] * dims[i + 1]
-    block = _batched_block(tol, krylov.default_maxiter(n) if maxiter is None else maxiter,
+    block = _batched_block(aim, krylov.default_maxiter(n) if maxiter is None else maxiter,
                            None if r is None or r.ndim == 0 else 0,
                            None if h is None or h.ndim == 2 else 0, mesh)
     res, (beta1, beta2), r, h, (max_shift, in_radius) = block(w_in, w_out, w_t, bias, r, h)
@@ -102,9 +108,40 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
     betas += [beta1, beta2]
     reports.append(BlockReport(i + 1, "cg", widths[i], n, residual, None, iterations, max_shift,
                                in_radius, exact))
+  # The network itself, measured per seed on the probe set, in the working dtype.
+  probe = probe_inputs(dims[0], radius=radius, data=data)
+  probe = padded(probe) if probe.ndim == 3 else jnp.asarray(probe, dtype)
+  error = sharding.to_host(_network_errors(target, frozen, gammas, betas, probe), seeds)
+  net_tol = network_tol(dtype)
+  blocks_exact = np.all([b.exact for b in reports], axis=0)
+  off = np.flatnonzero(blocks_exact & ~(error <= net_tol))
+  if off.size and not allow_inexact:
+    raise ValueError(
+        f"seeds {off.tolist()}: the rebuilt network is off by up to {np.max(error[off]):.3g} "
+        f"(relative, on {probe.shape[-2]} probe inputs of the domain, {np.dtype(dtype)}) although "
+        f"every block's system was solved to tol {tol:.3g}: the blocks are too ill-conditioned "
+        f"for {np.dtype(dtype)}; widen the frozen layers, use float64, or pass allow_inexact=True")
   if pad:
     gammas, betas, frozen = ([a[:seeds] for a in arrays] for arrays in (gammas, betas, frozen))
-  return _BatchedReconstruction(tuple(gammas), tuple(betas), tuple(reports), tuple(frozen))
+  return _BatchedReconstruction(tuple(gammas), tuple(betas), tuple(reports), tuple(frozen),
+                                error, net_tol)
+
+
+@jax.jit
+def _network_errors(target, frozen, gammas, betas, probe):
+  """Per seed `||net(x) - target(x)|| / ||target(x)||` on the probe inputs (working dtype)."""
+
+  def one(target, frozen, gammas, betas, x):
+    want = x
+    for k, (w, b) in enumerate(target):
+      want = want @ w.T + b
+      want = jax.nn.relu(want) if k < len(target) - 1 else want
+    got = apply_frozen(frozen, gammas, betas, x)
+    scale, err = jnp.linalg.norm(want), jnp.linalg.norm(got - want)
+    return jnp.where(scale > 0, err / jnp.where(scale > 0, scale, 1), err)
+
+  return jax.vmap(one, in_axes=(0, 0, 0, 0, 0 if probe.ndim == 3 else None))(
+      target, frozen, gammas, betas, probe)
 
 
 @functools.lru_cache(maxsize=32)
@@ -126,6 +163,12 @@ def _batched_block(tol, maxiter, r_axis, h_axis, mesh):
 
 class _BatchedReconstruction(Reconstruction):
   """A `Reconstruction` with a leading seed axis; `apply` maps over it."""
+
+  @property
+  def exact(self) -> np.ndarray:
+    """Per seed `[S]`: every block's system solved to tol and the network within `network_tol`."""
+    return np.all([b.exact for b in self.blocks], axis=0) & (
+        np.asarray(self.network_error) <= self.network_tol)
 
   def apply(self, x: jax.Array) -> jax.Array:
     """Runs every seed's network on the shared inputs `x` `[..., d_0]` -> `[S, ..., d_L]`."""

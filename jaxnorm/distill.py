@@ -37,6 +37,40 @@ EXPLORE_LR = 1e-2        # peak learning rate of that phase (cosine decay)
 SELECT_STEPS = 20        # LM steps on every restart before the best one is kept
 
 
+def widest_student(d_in: int, d_out: int, hidden_widths: Sequence[int]) -> tuple[int, ...]:
+  """The widest student that frozen blocks of these hidden widths realise exactly.
+
+  Block `i` realises a layer `d_{i-1} -> d_i` exactly when `m_i >= d_{i-1} d_i`;
+  knowing only `d_0`, `d_l` and the widths `m_i` (the budget), this grows the
+  narrow widths `d_1 ... d_{l-1}` one unit at a time, the smallest first,
+  while every block still holds its layer: balanced, and as wide as the
+  budget allows.
+
+  Args:
+    d_in: `d_0`, the input dimension.
+    d_out: `d_l`, the output dimension.
+    hidden_widths: `[m_1, ..., m_l]`, the frozen blocks' hidden widths.
+
+  Returns:
+    `(d_1, ..., d_{l-1})` (empty for one block; all 1 where even that does
+    not fit, e.g. `m_1 < d_0`: then no student is exact and the construction
+    is a least-squares fit).
+  """
+  m = [int(v) for v in hidden_widths]
+  ends = lambda s: [d_in, *s, d_out]
+  fits = lambda s: all(w >= a * b for w, a, b in zip(m, ends(s)[:-1], ends(s)[1:]))
+  s = [1] * (len(m) - 1)
+  grown = fits(s)
+  while grown:
+    grown = False
+    for i in sorted(range(len(s)), key=lambda i: (s[i], i)):
+      trial = s[:i] + [s[i] + 1] + s[i + 1:]
+      if fits(trial):
+        s, grown = trial, True
+        break
+  return tuple(s)
+
+
 def _predict(student, x_row):
   return models.apply_target(student, x_row)
 

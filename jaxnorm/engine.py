@@ -75,6 +75,10 @@ class FitResult:
       NNX module; see `seed_model`).
     targets: for an MLP `Regression` target, each seed's target
       `[(W[S, out, in], b[S, out]), ...]`; else None.
+    start_report: what the start phases reported (JSON-able; `{}` when
+      none): `"construction"` (per-seed network errors and block verdicts of
+      a constructed start), `"students"` (distill's students); kept across a
+      resume from a checkpoint.
   """
   seed_ids: np.ndarray
   loss_curve: np.ndarray
@@ -91,6 +95,7 @@ class FitResult:
   task_state: Any = None
   model: Any = None
   targets: Any = None
+  start_report: dict = dataclasses.field(default_factory=dict)
 
   def __getattr__(self, name):
     metrics = self.__dict__.get("metrics") or {}
@@ -147,8 +152,10 @@ class Checkpoint(Protocol):
   def restore(self, like_state, like_curve: np.ndarray):
     """The saved `(chunks_done, state, curve)`, or None; the `like_*` give shapes, shardings."""
 
-  def save(self, chunks_done: int, n_chunks: int, state, curve: np.ndarray) -> None:
-    """Called after a costly start phase (`chunks_done=0`) and after every chunk; may raise."""
+  def save(self, chunks_done: int, n_chunks: int, state, curve: np.ndarray,
+           notes: Optional[dict] = None) -> None:
+    """Called after a costly start phase (`chunks_done=0`, with the start's JSON-able `notes`)
+    and after every chunk; may raise. `restore` leaves the saved notes in `self.notes`."""
 
 
 def chunk_lengths(steps: int, chunk_steps: int) -> list[int]:
@@ -312,9 +319,11 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   lengths = chunk_lengths(steps, chunk_steps)
   curve = np.full((len(lengths), state.step.shape[0]), np.nan, np.float32)
   resumed = checkpoint.restore(state, curve) if checkpoint is not None else None
-  run = programs_lib.Run(programs, consts, mesh, programs.info, task, n)
+  notes: dict = {}
+  run = programs_lib.Run(programs, consts, mesh, programs.info, task, n, notes)
   if resumed is not None:
     done, state, curve = resumed
+    notes.update(getattr(checkpoint, "notes", None) or {})
     logging.info("resumed after chunk %d/%d", done, len(lengths))
   else:
     done = 0
@@ -328,7 +337,7 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
           lambda c, s: method.init(s.trainable))(state),
           previous=jax.tree.map(jnp.copy, state.trainable))   # its own buffers: state is donated
       if checkpoint is not None:
-        checkpoint.save(0, len(lengths), state, curve)
+        checkpoint.save(0, len(lengths), state, curve, notes)
   if programs.subset:
     masks = sharding.to_host(state.masks)
     trainable_params = int(sum(m[0].sum() for m in masks.values()))
@@ -369,7 +378,8 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
       batch_stats=sharding.to_host(state.model_state, n), frozen_unchanged=bool(unchanged),
       trainable_params=trainable_params, devices=mesh.size,
       seeds_per_device=sharding.shard_sizes(state.diverged), seconds=time.perf_counter() - begin,
-      task_state=task_state, model=programs.model, targets=_targets(task, task_state, n))
+      task_state=task_state, model=programs.model, targets=_targets(task, task_state, n),
+      start_report=notes)
 
 
 def _targets(task, task_state, n: int):

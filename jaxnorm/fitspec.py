@@ -82,6 +82,11 @@ class FitSpec:
       target is evaluated on them once.
     restarts: random students tried per seed (`distill`).
     student_steps: Levenberg–Marquardt steps on the student (`distill`).
+    narrow_widths: `[d_1, ..., d_{l-1}]`, the frozen network's widths between
+      its blocks: the hidden widths of the MLP its norms realise (distill's
+      student); empty: the target's. They need not match the target's:
+      only `construct` (the oracle) rebuilds the target itself and needs them
+      equal. `distill.widest_student` picks the widest the hidden widths hold.
   """
 
   target_widths: Sequence[int]
@@ -103,10 +108,12 @@ class FitSpec:
   fit_size: int = 512
   restarts: int = 16
   student_steps: int = 100
+  narrow_widths: Sequence[int] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "target_widths", tuple(self.target_widths))
     object.__setattr__(self, "hidden_widths", tuple(self.hidden_widths))
+    object.__setattr__(self, "narrow_widths", tuple(self.narrow_widths))
     if self.steps is None and self.optimizer in DEFAULT_STEPS:
       object.__setattr__(self, "steps", DEFAULT_STEPS[self.optimizer])
     if self.chunk_steps is None and self.optimizer in DEFAULT_CHUNK_STEPS:
@@ -121,11 +128,18 @@ class FitSpec:
 
   @property
   def network_widths(self) -> tuple[int, ...]:
-    """Widths `[d_0, m_1, d_1, ..., m_l, d_l]` of the frozen network."""
+    """Widths `[d_0, m_1, d_1, ..., m_l, d_l]` of the frozen network (`d_i`: `narrow_widths`)."""
     widths = [self.target_widths[0]]
-    for m, d in zip(self.hidden_widths, self.target_widths[1:]):
+    for m, d in zip(self.hidden_widths, self.student_widths[1:]):
       widths += [m, d]
     return tuple(widths)
+
+  @property
+  def student_widths(self) -> tuple[int, ...]:
+    """`[d_0, d_1, ..., d_l]`: the MLP the network's norms realise exactly."""
+    if not self.narrow_widths:
+      return self.target_widths
+    return (self.target_widths[0], *self.narrow_widths, self.target_widths[-1])
 
   def model(self) -> models.NormMLP:
     """The frozen network this spec fits."""
@@ -150,6 +164,16 @@ def check_spec(spec: FitSpec) -> FitSpec:
     raise validate.ConfigError(
         f"need one hidden width per target layer: {len(target) - 1} for target widths "
         f"{list(target)}, got {list(hidden)}")
+  if spec.narrow_widths:
+    narrow = validate.positive_ints("narrow widths", spec.narrow_widths)
+    if len(narrow) != len(target) - 2:
+      raise validate.ConfigError(
+          f"need one narrow width between each two blocks: {len(target) - 2} for "
+          f"{len(target) - 1} blocks, got {list(narrow)}")
+    if (spec.optimizer == "construct" or spec.init == "construct") and narrow != target[1:-1]:
+      raise validate.ConfigError(
+          f"the oracle construction rebuilds the target itself: narrow widths {list(narrow)} "
+          f"must be the target's {list(target[1:-1])}")
   validate.one_of("norm kind", spec.norm, models.NORM_KINDS)
   if spec.output_norm:
     validate.one_of("output norm kind", spec.output_norm, models.NORM_KINDS)
@@ -222,7 +246,7 @@ def estimate_bytes(spec: FitSpec, seeds: int, seed_chunk: Optional[int] = None) 
     # the Jacobian (twice: built per example, then stacked), per-example cotangents, J^T J
     work += rows * d_out * (2 * norms + sum(widths)) + 3 * norms ** 2
   if spec.optimizer == "distill":
-    student = target
+    student = sum(a * b + b for a, b in zip(spec.student_widths[:-1], spec.student_widths[1:]))
     work += spec.restarts * (rows * d_out * student + 2 * student ** 2)
   at_once = seeds if seed_chunk is None else min(seeds, seed_chunk)
   return 4 * (2 * seeds * state + at_once * work)
@@ -270,6 +294,11 @@ def task_for(spec: FitSpec, target) -> tasks.Regression:
       [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in target],
       inputs=spec.input_distribution, radius=spec.radius, eval_size=spec.eval_size,
       fit_size=spec.fit_size)
+
+
+def reads_target(spec: FitSpec) -> bool:
+  """Whether `spec` reads the target's weights (`construct`, or `init="construct"`)."""
+  return spec.optimizer in ORACLES or spec.init == "construct"
 
 
 def make_optimizer(spec):
@@ -322,7 +351,8 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
       target, data and held-out set, whatever else is fitted beside it.
     target: optional fixed target `[(W[out, in], b[out]), ...]` shared by all
       seeds; by default each seed draws its own random target. Either way the
-      methods only evaluate it on inputs they sample.
+      methods only evaluate it on inputs they sample; its hidden widths need
+      not be the network's (only `construct`, which reads it, needs them).
     on_chunk: optional callback receiving a `ChunkReport` after every chunk.
     batching: `"vmap"` or `"map"` (see `jaxnorm.fit`).
     devices: how many devices to spread the seeds over (`None`/0: all).
@@ -334,7 +364,16 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
   """
   check_spec(spec)
   if target is not None:
-    validate.target_layers(target, spec.target_widths)
+    dims = validate.target_layers(target)
+    ends = (spec.target_widths[0], spec.target_widths[-1])
+    if (dims[0], dims[-1]) != ends:
+      raise validate.ConfigError(
+          f"the target maps {dims[0]} inputs to {dims[-1]} outputs but the network "
+          f"{ends[0]} to {ends[1]}")
+    if reads_target(spec) and dims != spec.student_widths:
+      raise validate.ConfigError(
+          f"the oracle construction rebuilds the target in the network's widths "
+          f"{list(spec.student_widths)}; the target has widths {list(dims)}")
   model, task, method, start = problem(spec, target is not None)
   if target is not None:
     task = task_for(spec, target)

@@ -189,20 +189,22 @@ class Distill(LevenbergMarquardt):
   name = "distill"
 
   def check(self, task, model_info) -> None:
-    """Needs an affine `NormMLP` and a Regression target with MLP widths to shape the student."""
+    """Needs an affine `NormMLP` of an even number of layers and a Regression task on a domain.
+
+    The target may be any function (a black box): the student takes the
+    network's narrow widths `[d_0, d_1, ..., d_l]`, whatever the target's.
+    """
     super().check(task, model_info)
     validate.positive_int("restarts", self.restarts)
     validate.positive_int("student_steps", self.student_steps)
-    widths = getattr(task, "target_widths", None)
-    if widths is None:
+    info = model_info.get("norm_mlp")
+    if info is None or info[0] != "affine" or len(model_info.get("widths", ())) % 2 != 1:
       raise validate.ConfigError(
-          "Distill fits a student of the target's MLP shape: it needs a Regression target that is "
-          "an MLP ([(W, b), ...] or RandomMLP), not a function or a data set")
-    if model_info.get("norm_mlp") != ("affine", len(widths)):
-      raise validate.ConfigError(
-          f"Distill writes its student into the norms of an affine NormMLP of "
-          f"{2 * (len(widths) - 1)} layers (a target of {len(widths) - 1} layers); got "
-          f"{model_info.get('description', 'another model')}")
+          f"Distill writes its student into the norms of an affine NormMLP with an even number "
+          f"of layers; got {model_info.get('description', 'another model')}")
+    if getattr(task, "kind", None) in (None, "data", "classification"):
+      raise validate.ConfigError("Distill needs a Regression task with inputs from a domain "
+                                 "(the students are fitted to the target on a fixed batch)")
 
   def prepare(self, run, state):
     """Fit the students and construct every seed's norms from the best (`starts.distill`)."""

@@ -323,6 +323,7 @@ class Run(NamedTuple):
   model_info: dict[str, Any]
   task: Any
   seeds: Optional[int] = None   # seeds fitted (the state may hold padding seeds beyond them)
+  notes: Optional[dict] = None  # what a start phase reports (JSON-able): `FitResult.start_report`
 
   def map(self, fn: Callable, one_shot: bool = False) -> Callable:
     """`fn(consts, state)` per seed, compiled; call the result as `f(state)`."""

@@ -67,13 +67,19 @@ def constructed_norms(run, state, layers, data=None):
   rec = construct_batch.reconstruct_batch(layers, frozen, allow_inexact=True, mesh=run.mesh,
                                           **domain_arg)
   seeds = run.seeds or state.step.shape[0]
-  for block in rec.blocks:   # the blocks' own verdicts, per seed (padding seeds left out)
-    exact = np.asarray(block.exact)[:seeds]
-    residual = np.asarray(block.residual)[:seeds]
-    log = logging.info if exact.all() else logging.warning
+  report = construction_report(rec, seeds, "the ball" if data is None else "the scaled batch")
+  for block in report["blocks"]:   # the blocks' own verdicts, per seed (padding seeds left out)
+    log = logging.info if block["exact_seeds"] == seeds else logging.warning
     log("construction block %d (width %d, min %d): %d/%d seeds exact (relative residual median "
-        "%.3g, max %.3g)", block.block, block.width, block.min_width, int(exact.sum()), seeds,
-        float(np.median(residual)), float(np.max(residual)))
+        "%.3g, max %.3g)", block["block"], block["width"], block["min_width"],
+        block["exact_seeds"], seeds, np.median(block["residual"]), np.max(block["residual"]))
+  error = np.asarray(report["network_error"])
+  log = logging.info if report["exact_seeds"] == seeds else logging.warning
+  log("constructed network: %d/%d seeds exact (measured relative error on %s: median %.3g, max "
+      "%.3g; exact within %.3g)", report["exact_seeds"], seeds, report["probe"],
+      np.median(error), np.max(error), report["network_tol"])
+  if run.notes is not None:
+    run.notes["construction"] = report
   trainable = {}
   for k in range(n_layers):
     trainable[(f"norm_{k}", "scale")] = rec.gammas[k]
@@ -82,6 +88,29 @@ def constructed_norms(run, state, layers, data=None):
     raise validate.ConfigError("the constructed norms do not match the model's trainable leaves "
                                "(train the norms only: trainable='norm')")
   return trainable
+
+
+def construction_report(rec, seeds: int, probe: str) -> dict:
+  """A batched `Reconstruction`'s verdicts as JSON-able lists over the first `seeds` seeds.
+
+  Args:
+    rec: the result of `jaxnorm.reconstruct_batch`.
+    seeds: seeds to report (padding seeds beyond them left out).
+    probe: where the network was measured, in words.
+
+  Returns:
+    `{"network_error": [S], "network_tol", "exact": [S], "exact_seeds", "probe",
+    "blocks": [{"block", "width", "min_width", "residual": [S], "exact": [S],
+    "exact_seeds"}, ...]}`.
+  """
+  floats = lambda a: [float(v) for v in np.asarray(a)[:seeds]]
+  bools = lambda a: [bool(v) for v in np.asarray(a)[:seeds]]
+  blocks = [{"block": int(b.block), "width": int(b.width), "min_width": int(b.min_width),
+             "residual": floats(b.residual), "exact": bools(b.exact),
+             "exact_seeds": int(np.sum(np.asarray(b.exact)[:seeds]))} for b in rec.blocks]
+  exact = bools(rec.exact)
+  return {"network_error": floats(rec.network_error), "network_tol": float(rec.network_tol),
+          "exact": exact, "exact_seeds": int(sum(exact)), "probe": probe, "blocks": blocks}
 
 
 def _seed_targets(run, state):
@@ -102,6 +131,11 @@ class Construct:
     if run.task.target_widths is None:
       raise validate.ConfigError("start=Construct() reads the target's weights: it needs an MLP "
                                  "target ([(W, b), ...] or RandomMLP)")
+    narrow = tuple(run.model_info["widths"][0::2])
+    if tuple(run.task.target_widths) != narrow:
+      raise validate.ConfigError(
+          f"start=Construct() rebuilds the target in the network's narrow widths {list(narrow)}; "
+          f"the target has widths {list(run.task.target_widths)}")
     return state._replace(trainable=constructed_norms(run, state, _seed_targets(run, state)))
 
 
@@ -146,7 +180,9 @@ def distill(method, run, state):
     The state with constructed norms.
   """
   _check_mlp("Distill", run, need_ball=False)
-  widths = run.task.target_widths
+  # The student has the frozen network's narrow widths [d_0, d_1, ..., d_l]: the shape its
+  # norms can realise. The target's own widths are never read (it may be any function).
+  widths = tuple(run.model_info["widths"][0::2])
 
   def students(consts, s):
     del consts
@@ -181,9 +217,16 @@ def distill(method, run, state):
   ok = np.isfinite(loss)
   for v in sharding.to_host(trainable).values():
     ok &= np.isfinite(v).reshape(len(ok), -1).all(axis=1)
-  logging.info("distill: students of %d seeds in %.1f s (relative MSE on the fixed batch: "
-               "median %.3g, max %.3g), norms constructed in %.1f s; %d failed", ok.size,
-               t1 - t0, np.median(loss), np.max(loss), time.perf_counter() - t1, (~ok).sum())
+  seeds = run.seeds or ok.size
+  exact = run.notes.get("construction", {}).get("exact_seeds") if run.notes is not None else None
+  logging.info("distill: students %s of %d seeds in %.1f s (relative MSE on the fixed batch: "
+               "median %.3g, max %.3g), norms constructed in %.1f s (%s exact); %d failed "
+               "(non-finite)", list(widths), seeds, t1 - t0, np.median(loss[:seeds]),
+               np.max(loss[:seeds]), time.perf_counter() - t1,
+               "?" if exact is None else f"{exact}/{seeds}", (~ok[:seeds]).sum())
+  if run.notes is not None:
+    run.notes["students"] = {"widths": list(widths),
+                             "fixed_batch_rel_mse": [float(v) for v in loss[:seeds]]}
   keep = sharding.distribute(ok, run.mesh)
   trainable = {p: jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, state.trainable[p])
                for p, v in trainable.items()}

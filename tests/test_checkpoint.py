@@ -39,6 +39,9 @@ def test_stop_and_resume_is_bit_identical(tmp_path, spec, stop, every):
   resumed = _fit(spec, tmp_path, every=every)
   assert bit_identical(_fields(resumed), _fields(straight))
   assert resumed.frozen_unchanged
+  # a start's report (distill: its students and construction) survives the resume
+  assert resumed.start_report == straight.start_report
+  assert bool(straight.start_report) == (spec.optimizer == "distill")
 
 
 def test_a_checkpoint_of_another_unit_is_not_restored(tmp_path):

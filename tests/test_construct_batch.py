@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from jaxnorm import construct
 from jaxnorm import construct_batch
 from tests.test_construct import at_threshold
 from tests.test_construct import ball_and_sphere
@@ -28,6 +29,12 @@ def test_reconstruct_batch_matches_each_seed(mode):
   assert rec.blocks[0].residual.shape == (seeds,) and rec.blocks[0].exact.all()
   for s, (t_s, _) in enumerate(problems):
     assert rel_err(y[s], t_s, x) <= 1e-4
+  # the network measured per seed, as `reconstruct` measures one
+  assert rec.network_error.shape == (seeds,) and rec.exact.tolist() == [True] * seeds
+  for s, (t_s, f_s) in enumerate(problems):
+    one = construct.reconstruct(t_s, f_s, solver="cg", **kwargs)
+    assert rec.network_error[s] == pytest.approx(one.network_error, rel=0.3, abs=2e-7)
+    assert rec.network_error[s] <= rec.network_tol == 1e-4
   with pytest.raises(ValueError, match="leading seed axis"):
     construct_batch.reconstruct_batch(problems[0][0], problems[0][1], radius=1.0)
 
@@ -39,7 +46,20 @@ def test_a_seed_whose_rebuilt_norms_overflow_is_not_exact_and_nan_input_is_refus
   frozen = [np.stack([p[1][k] for p in problems]) for k in range(2)]
   target[0][0][1] *= 1e37                       # seed 1's target: shifts beyond float32
   rec = construct_batch.reconstruct_batch(target, frozen, radius=1e3, allow_inexact=True)
-  assert rec.blocks[0].exact.tolist() == [True, False]
+  assert rec.blocks[0].exact.tolist() == [True, False] and rec.exact.tolist() == [True, False]
+  assert rec.network_error[0] <= 1e-4 and not rec.network_error[1] <= 1e-4
+
+
+def test_a_seed_whose_network_misses_is_refused_or_kept_not_exact(monkeypatch):
+  dims, widths = (3, 4), [24]
+  problems = [make_problem(40 + s, dims, widths, np.float32) for s in range(2)]
+  target = [tuple(np.stack([p[0][0][j] for p in problems]) for j in range(2))]
+  frozen = [np.stack([p[1][k] for p in problems]) for k in range(2)]
+  monkeypatch.setattr(construct, "NETWORK_TOL_FLOAT32", 1e-12)   # nothing float32 can meet
+  with pytest.raises(ValueError, match=r"seeds \[0, 1\]: the rebuilt network is off by"):
+    construct_batch.reconstruct_batch(target, frozen, radius=1.0)
+  rec = construct_batch.reconstruct_batch(target, frozen, radius=1.0, allow_inexact=True)
+  assert rec.blocks[0].exact.all() and not rec.exact.any()
   target[0][0][0, 0, 0] = np.nan
   with pytest.raises(ValueError, match=r"target\[0\] weight must be finite"):
     construct_batch.reconstruct_batch(target, frozen, radius=1.0)

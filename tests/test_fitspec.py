@@ -285,8 +285,17 @@ def test_target_dims_that_do_not_chain_raise(no_compute):
   w1, w2 = jax.random.normal(key, (4, 3)), jax.random.normal(key, (2, 5))
   with pytest.raises(jaxnorm.ConfigError, match="don't chain: layer 1 takes 5"):
     jaxnorm.fit_seeds(TINY, [0], target=[(w1, np.zeros(4)), (w2, np.zeros(2))])
-  with pytest.raises(jaxnorm.ConfigError, match="target_widths"):
+  with pytest.raises(jaxnorm.ConfigError, match="maps 3 inputs to 5 outputs but the network 3 to 2"):
     jaxnorm.fit_seeds(TINY, [0], target=[(w1, np.zeros(4)), (np.ones((5, 4)), np.zeros(5))])
+  # other hidden widths than the network's are a black box's business; only the oracle reads them
+  other = [(np.ones((7, 3)), np.zeros(7)), (np.ones((2, 7)), np.zeros(2))]
+  with pytest.raises(jaxnorm.ConfigError, match=r"rebuilds the target in the network's widths "
+                     r"\[3, 4, 2\]; the target has widths \[3, 7, 2\]"):
+    jaxnorm.fit_seeds(dataclasses.replace(TINY, optimizer="construct"), [0], target=other)
+  with pytest.raises(jaxnorm.ConfigError, match=r"narrow widths \[5\] must be the target's \[4\]"):
+    jaxnorm.fit_seeds(dataclasses.replace(TINY, init="construct", narrow_widths=(5,)), [0])
+  with pytest.raises(jaxnorm.ConfigError, match="one narrow width between each two blocks"):
+    jaxnorm.fit_seeds(dataclasses.replace(TINY, narrow_widths=(5, 5)), [0])
 
 
 def test_construct_init_starts_at_the_exact_solution():

@@ -47,12 +47,14 @@ def test_methods_refuse_what_they_cannot_fit():
   info = {"description": "MyNet"}
   with pytest.raises(jaxnorm.ConfigError, match="sum-of-squares"):
     methods.LevenbergMarquardt().check(PAIRS, info)
-  with pytest.raises(jaxnorm.ConfigError, match="Distill fits a student of the target's MLP"):
-    methods.Distill().check(LINE, info)
   mlp = jaxnorm.Regression(jaxnorm.RandomMLP((2, 3, 1)))
-  with pytest.raises(jaxnorm.ConfigError, match="affine NormMLP of 4 layers.*got MyNet"):
+  with pytest.raises(jaxnorm.ConfigError, match="affine NormMLP with an even number.*got MyNet"):
     methods.Distill().check(mlp, info)
-  methods.Distill().check(mlp, {"norm_mlp": ("affine", 3)})   # passes
+  net = {"norm_mlp": ("affine", 3), "widths": (2, 6, 3, 3, 1)}
+  methods.Distill().check(mlp, net)    # passes
+  methods.Distill().check(LINE, net)   # a black box (any function) passes too: no widths read
+  with pytest.raises(jaxnorm.ConfigError, match="Distill needs a Regression task with inputs"):
+    methods.Distill().check(jaxnorm.Regression((np.ones((4, 2)), np.ones((4, 1)))), net)
 
 
 def test_default_optimizer_is_cached_adam_with_cosine_decay():

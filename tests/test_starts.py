@@ -1,5 +1,6 @@
 """Tests for jaxnorm.starts: where an affine NormMLP's norms begin."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,6 +19,12 @@ def test_construct_start_is_exact_and_linear_start_keeps_scales(caplog):
   # The construction's own verdict per block is reported, not only the fit's error.
   lines = [r.getMessage() for r in caplog.records if "construction block" in r.getMessage()]
   assert len(lines) == 2 and all("2/2 seeds exact" in l for l in lines), lines
+  # ... and the network's, measured; both carried into the result
+  assert any("constructed network: 2/2 seeds exact" in r.getMessage() for r in caplog.records)
+  report = result.start_report["construction"]
+  assert report["exact_seeds"] == 2 and report["network_tol"] == 1e-4
+  assert all(e <= 1e-4 for e in report["network_error"]) and len(report["network_error"]) == 2
+  assert [b["exact_seeds"] for b in report["blocks"]] == [2, 2]
   plain = engine.init_states(NET, TARGET, [0, 1])
   linear = engine.init_states(NET, TARGET, [0, 1], start=jaxnorm.LinearRegime())
   for path, value in plain.trainable.items():
@@ -32,10 +39,30 @@ def test_construct_start_is_exact_and_linear_start_keeps_scales(caplog):
      "ball"),
     (jaxnorm.LinearRegime(), NET, jaxnorm.Regression(
         (np.ones((10, 2), np.float32), np.ones((10, 2), np.float32))), "domain"),
+    (jaxnorm.Construct(), NET, jaxnorm.Regression(jaxnorm.RandomMLP((2, 4, 2))),
+     r"in the network's narrow widths \[2, 3, 2\]; the target has widths \[2, 4, 2\]"),
 ])
 def test_starts_refuse_what_they_cannot_start(start, model, task, message):
   with pytest.raises(jaxnorm.ConfigError, match=message):
     engine.init_states(model, task, [0], start=start)
+
+
+def test_distill_fits_a_black_box_through_a_student_of_the_networks_widths(caplog):
+  # The target is a plain function (hidden width 3, never told); the network's narrow width 6
+  # (the widest its blocks of width 12 hold exactly) shapes the student.
+  w1 = np.array([[1.0, -0.5], [0.3, 0.8], [-0.7, 0.2]], np.float32)
+  w2 = np.array([[0.6, -1.0, 0.4], [-0.2, 0.5, 0.9]], np.float32)
+  task = jaxnorm.Regression(lambda x: jnp.maximum(x @ w1.T + 0.1, 0) @ w2.T, in_dim=2,
+                            eval_size=512, fit_size=256)
+  assert jaxnorm.widest_student(2, 2, (12, 12)) == (6,)
+  with caplog.at_level("INFO"):
+    result = jaxnorm.fit(jaxnorm.NormMLP((2, 12, 6, 12, 2)), task, 2, steps=2,
+                         optimizer=jaxnorm.Distill(restarts=4, student_steps=30))
+  assert result.start_report["students"]["widths"] == [2, 6, 2]
+  assert result.start_report["construction"]["exact_seeds"] == 2
+  assert (result.rel_mse <= 1e-4).all(), result.rel_mse
+  assert any("distill: students [2, 6, 2] of 2 seeds" in r.getMessage() and "(2/2 exact)" in
+             r.getMessage() for r in caplog.records)
 
 
 def test_distill_students_are_made_once_for_the_same_seeds_at_several_widths():

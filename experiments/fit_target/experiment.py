@@ -32,6 +32,7 @@ from absl import logging
 from experiments.config_flags import hparam
 
 from jaxnorm import checkpoint
+from jaxnorm import distill
 from jaxnorm import domain
 from jaxnorm import fitspec
 from jaxnorm import memory
@@ -98,6 +99,11 @@ class Config:
                      "linear regime) | construct (oracle: the exact reconstruction).")
   fit_size: int = hparam(512, "Fixed inputs (target evaluations) of lbfgs, lm and distill.")
   restarts: int = hparam(16, "Random students per seed (distill).")
+  student_widths: str = hparam(
+      "", "The frozen network's widths between its blocks (the hidden widths of the MLP its "
+      "norms realise, distill's student): empty = the target's; auto = the widest each width "
+      "holds exactly (m_i >= d_(i-1) d_i), chosen without the target's hidden widths; or "
+      "explicit, e.g. 24,16. The oracle (construct) always uses the target's.")
   student_steps: int = hparam(100, "Levenberg-Marquardt steps on each student (distill).")
   devices: int = hparam(0, "Devices to spread the seeds over (0: every device of the job).")
   seed_chunk: int = hparam(0, "Seeds per vmapped chunk on each device, lax.map over chunks "
@@ -171,12 +177,17 @@ def specs(config: Config) -> list[fitspec.FitSpec]:
   # The hyperparameters a FitSpec shares with the config, by name.
   shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(fitspec.FitSpec)
             if f.name not in ("target_widths", "chunk_steps") and hasattr(config, f.name)}
+  d = tuple(config.target_widths)
+  explicit = () if config.student_widths in ("", "auto") else validate.positive_ints(
+      "student_widths", _ints(config.student_widths))
   out = []
   for hidden in hidden_widths(config):
+    narrow = distill.widest_student(d[0], d[-1], hidden) if config.student_widths == "auto" else (
+        explicit)
     for name in names:
       spec = fitspec.FitSpec(
-          target_widths=tuple(config.target_widths), hidden_widths=hidden,
-          keep_prob=config.sparsity, optimizer=name, chunk_steps=None, **shared)
+          target_widths=d, hidden_widths=hidden, keep_prob=config.sparsity, optimizer=name,
+          chunk_steps=None, narrow_widths=() if name in fitspec.ORACLES else narrow, **shared)
       if name in fitspec.ORACLES:   # not fitted: its one step leaves the construction as it is
         spec = dataclasses.replace(spec, steps=fitspec.DEFAULT_STEPS[name])
       chunk = spec.chunk_steps if config.chunk_steps is None or name in fitspec.ORACLES else (
@@ -185,6 +196,14 @@ def specs(config: Config) -> list[fitspec.FitSpec]:
         chunk = min(chunk, spec.steps)
       out.append(fitspec.check_spec(dataclasses.replace(spec, chunk_steps=chunk)))
   return out
+
+
+def _ints(text: str) -> tuple:
+  try:
+    return tuple(int(v) for v in text.split(","))
+  except ValueError:
+    raise validate.ConfigError(f"student_widths must be empty, auto, or integers like 24,16; "
+                               f"got {text!r}") from None
 
 
 def target_params(target_widths: Sequence[int]) -> int:
@@ -198,11 +217,18 @@ def _row(spec: fitspec.FitSpec, result: fitspec.FitResult) -> dict[str, Any]:
   q25, med, q75 = np.percentile(result.rel_mse, [25, 50, 75])
   width = spec.hidden_widths[0] if len(set(spec.hidden_widths)) == 1 else list(
       spec.hidden_widths)
-  return {"optimizer": spec.optimizer, "width_ratio": min(ratios), "width": width,
-          "init": spec.init, "steps": spec.steps, "trainable_params": result.trainable_params,
-          "target_params": target_params(d), "evals": spec.evals,
-          "rel_mse_median": float(med), "rel_mse_q25": float(q25), "rel_mse_q75": float(q75),
-          "diverged": int(result.diverged.sum()), "seeds": int(result.seed_ids.size)}
+  row = {"optimizer": spec.optimizer, "width_ratio": min(ratios), "width": width,
+         "init": spec.init, "steps": spec.steps, "trainable_params": result.trainable_params,
+         "target_params": target_params(d), "evals": spec.evals,
+         "rel_mse_median": float(med), "rel_mse_q25": float(q25), "rel_mse_q75": float(q75),
+         "diverged": int(result.diverged.sum()), "seeds": int(result.seed_ids.size),
+         "seeds_at_most_1e-4": int(np.sum(result.rel_mse <= 1e-4)),
+         "network_widths": list(spec.network_widths)}
+  # what a constructed start reported (distill, init=construct, construct): per seed
+  for key in ("construction", "students"):
+    if key in result.start_report:
+      row[key] = result.start_report[key]
+  return row
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:

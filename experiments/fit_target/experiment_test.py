@@ -82,26 +82,21 @@ def test_explicit_widths_replace_multipliers():
   assert fit_target.hidden_widths(config) == [(24, 16)]
 
 
+def test_student_widths_auto_take_the_widest_the_blocks_hold_except_for_the_oracle():
+  config = fit_target.Config(target_widths=(4, 16, 16, 4), width_multipliers=(1.0, 2.0),
+                             optimizers=("distill", "construct"), student_widths="auto")
+  specs = fit_target.specs(config)
+  # ratio 1: the target's own widths are the widest; ratio 2 (blocks 128, 512, 128): 23, 22
+  assert [s.network_widths for s in specs] == [
+      (4, 64, 16, 256, 16, 64, 4), (4, 64, 16, 256, 16, 64, 4),
+      (4, 128, 23, 512, 22, 128, 4), (4, 128, 16, 512, 16, 128, 4)]
+  explicit = dataclasses.replace(config, student_widths="20,12", optimizers=("adam",))
+  assert [s.student_widths for s in fit_target.specs(explicit)] == [(4, 20, 12, 4)] * 2
+
+
 def _cli(*args, cwd=ROOT):
   return subprocess.run([sys.executable, "-m", "experiments.fit_target", *args], cwd=cwd,
                         capture_output=True, text=True, timeout=300)
-
-
-def test_cli_end_to_end(tmp_path):
-  proc = _cli(f"--workdir={tmp_path}", "--target_widths=3,4,2", "--width_multipliers=1",
-              "--seeds=2", "--steps=20", "--chunk_steps=10", "--batch_size=16",
-              "--eval_size=64", "--fit_size=32", "--restarts=2", "--student_steps=5")
-  assert proc.returncode == 0, proc.stderr
-  assert "rel_mse_med" in proc.stdout and "chunk 2/2" in proc.stderr
-  # The main job's three methods side by side, each said to be black box or oracle.
-  rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()
-          if line.split()[:1] in (["adam"], ["distill"], ["construct"])}
-  assert rows == {"adam": "black", "distill": "black", "construct": "weights"}
-  assert "float32 floor" in proc.stdout and f"wrote into {tmp_path}: results.json" in proc.stdout
-  # Plain progress lines (time, message): no absl prefix, no backend noise.
-  assert all(re.match(r"\d\d:\d\d:\d\d  ", l) for l in proc.stderr.splitlines()), proc.stderr
-  assert "Unable to initialize backend" not in proc.stderr
-  assert json.loads((tmp_path / "results.json").read_text())["frozen_unchanged"] is True
 
 
 # Bad values, refused in one line before compute: through the CLI (a fresh process each, so a
@@ -131,6 +126,8 @@ BAD_FLAGS = [
     (["--init=linear", "--norm=layernorm"], "init=linear"),
     (["--seed_chunk=-1"], "seed_chunk"),
     (["--seed=4294967296"], "below 2**32"),
+    (["--student_widths=wide"], "student_widths must be empty, auto, or integers"),
+    (["--student_widths=8,8"], "one narrow width between each two blocks: 1 for 2 blocks"),
 ]
 
 
@@ -215,16 +212,28 @@ def test_another_config_in_the_workdir_is_refused_untouched(tmp_path, monkeypatc
 
 
 def test_cli_preempted_then_resumed_then_complete(tmp_path):
+  # The main job's three methods, end to end through the CLI, stopped in adam's first fit.
   flags = (f"--workdir={tmp_path}", "--target_widths=3,4,2", "--width_multipliers=1",
            "--seeds=2", "--steps=20", "--chunk_steps=10", "--batch_size=16", "--eval_size=64",
-           "--optimizer=adam")
+           "--fit_size=32", "--restarts=2", "--student_steps=5")
   proc = _cli(*flags, "--stop_after_chunks=1")
   assert proc.returncode == 3, proc.stderr
   assert "preempted: stopped after 1 chunks" in proc.stderr and "Traceback" not in proc.stderr
   proc = _cli(*flags)
   assert proc.returncode == 0, proc.stderr
   assert "resumed after chunk 1/2" in proc.stderr and "chunk 2/2" in proc.stderr
-  assert "chunk 1/2" not in proc.stderr.replace("resumed after chunk 1/2", "")
+  first = proc.stderr.split("[2/3]")[0]   # adam's fit, resumed: its first chunk is not re-run
+  assert "chunk 1/2" not in first.replace("resumed after chunk 1/2", "")
+  assert "rel_mse_med" in proc.stdout
+  # The three methods side by side, each said to be black box or oracle.
+  rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()
+          if line.split()[:1] in (["adam"], ["distill"], ["construct"])}
+  assert rows == {"adam": "black", "distill": "black", "construct": "weights"}
+  assert "float32 floor" in proc.stdout and f"wrote into {tmp_path}: results.json" in proc.stdout
+  # Plain progress lines (time, message): no absl prefix, no backend noise.
+  assert all(re.match(r"\d\d:\d\d:\d\d  ", l) for l in proc.stderr.splitlines()), proc.stderr
+  assert "Unable to initialize backend" not in proc.stderr
+  assert json.loads((tmp_path / "results.json").read_text())["frozen_unchanged"] is True
   proc = _cli(*flags)
   assert proc.returncode == 0 and "already holds this complete run" in proc.stdout
 
