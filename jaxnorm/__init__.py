@@ -12,7 +12,7 @@ the `fit_target` experiment's fits (`FitSpec`, `fit_seeds`, `seed_mesh`), checkp
 `Control`), second-order and distillation fitting (`lm_fit`, `fit_student`,
 `linear_regime_norms`, `widest_student`), norm-only classifiers on real data (`ClassifySpec`,
 `train_classifier`), and the exact construction (`reconstruct`,
-`reconstruct_batch`, its tolerances `exact_tol`, `network_tol`, exported with `norm_mlp_variables`). The experiments
+`reconstruct_batch`, its thresholds `tolerances`, exported with `norm_mlp_variables`). The experiments
 live outside the library, in `experiments/<name>/`.
 """
 
@@ -26,8 +26,8 @@ from jaxnorm.classify import train as train_classifier
 from jaxnorm.construct import BlockReport
 from jaxnorm.construct import Reconstruction
 from jaxnorm.construct import apply_frozen
-from jaxnorm.construct import exact_tol
-from jaxnorm.construct import network_tol
+from jaxnorm.construct import Tolerances
+from jaxnorm.construct import tolerances
 from jaxnorm.construct import reconstruct
 from jaxnorm.construct_batch import reconstruct_batch
 from jaxnorm.convnets import NormConvNet

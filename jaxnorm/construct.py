@@ -86,37 +86,33 @@ RESIDUAL_TOL_FLOAT32 = 1e-5
 NETWORK_TOL_FLOAT32 = 1e-4
 
 
-def _dtype_scaled(tol_float32: float, dtype) -> float:
-  ratio = float(np.finfo(np.dtype(dtype)).eps) / float(np.finfo(np.float32).eps)
-  return float(f"{tol_float32 * math.sqrt(ratio):.2g}")
-
-
-def exact_tol(dtype) -> float:
-  """The relative residual up to which a block's system counts as solved exactly.
-
-  Args:
-    dtype: the working floating dtype.
-
-  Returns:
-    `1e-5 * sqrt(eps(dtype) / eps(float32))` to two digits: 1e-5 for
-    float32, 4.3e-10 for float64.
-  """
-  return _dtype_scaled(RESIDUAL_TOL_FLOAT32, dtype)
-
-
-def network_tol(dtype) -> float:
-  """The measured relative error up to which a rebuilt network counts as exact.
-
-  Args:
-    dtype: the working floating dtype.
-
-  Returns:
-    `1e-4 * sqrt(eps(dtype) / eps(float32))` to two digits: 1e-4 for
-    float32, 4.3e-9 for float64.
-  """
-  return _dtype_scaled(NETWORK_TOL_FLOAT32, dtype)
-
 PROBE_POINTS = 512   # probe inputs of a ball domain: half on the sphere, half inside
+
+
+class Tolerances(NamedTuple):
+  """What counts as exact in a dtype (see `tolerances`).
+
+  Attributes:
+    residual: the relative residual up to which a block's system is solved exactly.
+    network: the measured relative error up to which a rebuilt network is exact.
+  """
+  residual: float
+  network: float
+
+
+def tolerances(dtype) -> Tolerances:
+  """The exactness thresholds of `dtype`: float32's scaled by `sqrt(eps(dtype) / eps(float32))`.
+
+  Args:
+    dtype: the working floating dtype.
+
+  Returns:
+    `Tolerances` to two digits: (1e-5, 1e-4) for float32, (4.3e-10, 4.3e-9)
+    for float64.
+  """
+  ratio = float(np.finfo(np.dtype(dtype)).eps) / float(np.finfo(np.float32).eps)
+  scaled = lambda tol: float(f"{tol * math.sqrt(ratio):.2g}")
+  return Tolerances(scaled(RESIDUAL_TOL_FLOAT32), scaled(NETWORK_TOL_FLOAT32))
 
 
 class Reconstruction(NamedTuple):
@@ -371,10 +367,10 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
       `lstsq` after all when `cg` misses `tol` and the system has at most
       `LSTSQ_MAX_ENTRIES`: `auto` never refuses a block `lstsq` can build).
     tol: a block counts as exact when its relative residual is `<= tol`;
-      also the `cg` stopping rule. Default: exact within `exact_tol(dtype)`
+      also the `cg` stopping rule. Default: exact within `tolerances(dtype).residual`
       (1e-5 float32, 4.3e-10 float64), `cg` solving towards
       `krylov.default_tol(dtype)` (1e-5, 1e-12). The network is exact when
-      also its measured error is within `network_tol(dtype)`.
+      also its measured error is within `tolerances(dtype).network`.
     maxiter: `cg` iteration cap, default `krylov.default_maxiter`.
     allow_inexact: keep the least-squares fit of blocks that cannot be exact
       (width below `d_i d_{i-1}`, rank-deficient) instead of raising.
@@ -393,8 +389,8 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     check_width(i, m, dims[i], dims[i + 1], allow_inexact)
   dtype = working_dtype([a for layer in target for a in layer] + list(frozen))
   frozen = tuple(jnp.asarray(w, dtype) for w in frozen)
-  # cg aims at krylov.default_tol (stricter in float64); a block is exact within exact_tol
-  aim, tol = ((krylov.default_tol(dtype), exact_tol(dtype)) if tol is None
+  # cg aims at krylov.default_tol (stricter in float64); a block is exact within tolerances(dtype).residual
+  aim, tol = ((krylov.default_tol(dtype), tolerances(dtype).residual) if tol is None
               else (float(tol), float(tol)))
   r = None if radius is None else float(radius)
   h = None if data is None else np.asarray(data, np.float64)
@@ -432,7 +428,7 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     reports.append(BlockReport(i + 1, use, m, n, residual, rank, iterations,
                                float(max_shift), float(in_radius), bool(exact)))
   error = network_error(target, frozen, gammas, betas, radius=radius, data=data, dtype=dtype)
-  net_tol = network_tol(dtype)
+  net_tol = tolerances(dtype).network
   if not error <= net_tol and not allow_inexact:
     raise ValueError(
         f"the rebuilt network is off by {error:.3g} (relative, on {PROBE_POINTS} probe inputs of "

@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxnorm import krylov
 from jaxnorm import sharding
+from jaxnorm.construct import LSTSQ_MAX_ENTRIES
 from jaxnorm.construct import BlockReport
 from jaxnorm.construct import Reconstruction
 from jaxnorm.construct import block_norms
@@ -27,8 +28,7 @@ from jaxnorm.construct import as_dense
 from jaxnorm.construct import solver_failure
 from jaxnorm.construct import working_dtype
 from jaxnorm.construct import apply_frozen
-from jaxnorm.construct import exact_tol
-from jaxnorm.construct import network_tol
+from jaxnorm.construct import tolerances
 from jaxnorm.construct import probe_inputs
 from jaxnorm.validate import ConfigError
 
@@ -80,8 +80,8 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
 
   frozen = tuple(padded(w) for w in frozen)
   target = [(padded(w), padded(b)) for w, b in target]
-  # cg aims at krylov.default_tol; a block is exact within exact_tol (as in `reconstruct`)
-  aim, tol = ((krylov.default_tol(dtype), exact_tol(dtype)) if tol is None
+  # cg aims at krylov.default_tol; a block is exact within tolerances(dtype).residual (as in `reconstruct`)
+  aim, tol = ((krylov.default_tol(dtype), tolerances(dtype).residual) if tol is None
               else (float(tol), float(tol)))
   r = None if radius is None else jnp.asarray(radius, dtype)
   h = None if data is None else (padded(data) if np.ndim(data) == 3 else jnp.asarray(data, dtype))
@@ -92,11 +92,22 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
     block = _batched_block(aim, krylov.default_maxiter(n) if maxiter is None else maxiter,
                            None if r is None or r.ndim == 0 else 0,
                            None if h is None or h.ndim == 2 else 0, mesh)
+    r_in, h_in = r, h
     res, (beta1, beta2), r, h, (max_shift, in_radius) = block(w_in, w_out, w_t, bias, r, h)
-    finite = jnp.isfinite(res.gamma).all(1) & jnp.isfinite(beta1).all(1) & jnp.isfinite(
-        beta2).all(1)
-    residual, iterations, status, max_shift, in_radius, finite = sharding.to_host(
-        (res.residual, res.iterations, res.status, max_shift, in_radius, finite), seeds)
+    gamma = res.gamma
+    residual, iterations, status, max_shift, in_radius = (np.array(a) for a in sharding.to_host(
+        (res.residual, res.iterations, res.status, max_shift, in_radius), seeds))
+    solver = "cg"
+    retry = np.flatnonzero(~(residual <= tol))
+    if retry.size and n * widths[i] <= LSTSQ_MAX_ENTRIES:
+      # e.g. width exactly d_in d_out: too ill-conditioned for CGLS; dense lstsq for those seeds
+      (gamma, beta1, beta2, r, h), fixed = _lstsq_seeds(
+          retry, (w_in, w_out, w_t, bias, r_in, h_in), (gamma, beta1, beta2, r, h), mesh, dtype)
+      for s, (res_s, shift_s, radius_s) in fixed.items():
+        residual[s], max_shift[s], in_radius[s] = res_s, shift_s, radius_s
+      solver = f"cg (lstsq for seeds {retry.tolist()})"
+    finite = sharding.to_host(jnp.isfinite(gamma).all(1) & jnp.isfinite(beta1).all(1)
+                              & jnp.isfinite(beta2).all(1), seeds)
     exact = (residual <= tol) & finite   # the rebuilt norms, checked, not assumed
     if not exact.all() and not allow_inexact:
       bad = np.flatnonzero(~exact)
@@ -104,15 +115,15 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
                   iterations=int(iterations[bad[0]]), status=int(status[bad[0]]))
       raise ValueError(f"seeds {bad.tolist()}: {err}")
     ones = np.ones((seeds + pad, dims[i + 1]), dtype)   # split like the seeds (multi-host safe)
-    gammas += [res.gamma, jnp.asarray(ones) if mesh is None else sharding.distribute(ones, mesh)]
+    gammas += [gamma, jnp.asarray(ones) if mesh is None else sharding.distribute(ones, mesh)]
     betas += [beta1, beta2]
-    reports.append(BlockReport(i + 1, "cg", widths[i], n, residual, None, iterations, max_shift,
-                               in_radius, exact))
+    reports.append(BlockReport(i + 1, solver, widths[i], n, residual, None, iterations,
+                               max_shift, in_radius, exact))
   # The network itself, measured per seed on the probe set, in the working dtype.
   probe = probe_inputs(dims[0], radius=radius, data=data)
   probe = padded(probe) if probe.ndim == 3 else jnp.asarray(probe, dtype)
   error = sharding.to_host(_network_errors(target, frozen, gammas, betas, probe), seeds)
-  net_tol = network_tol(dtype)
+  net_tol = tolerances(dtype).network
   blocks_exact = np.all([b.exact for b in reports], axis=0)
   off = np.flatnonzero(blocks_exact & ~(error <= net_tol))
   if off.size and not allow_inexact:
@@ -125,6 +136,40 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
     gammas, betas, frozen = ([a[:seeds] for a in arrays] for arrays in (gammas, betas, frozen))
   return _BatchedReconstruction(tuple(gammas), tuple(betas), tuple(reports), tuple(frozen),
                                 error, net_tol)
+
+
+def _lstsq_seeds(seeds, inputs, outputs, mesh, dtype):
+  """Re-solves one block of the given seeds with dense `lstsq` (float64) on the host.
+
+  Args:
+    seeds: the seed indices to redo.
+    inputs: the block's `(w_in, w_out, target, bias, radius, data)` as given to the batched
+      block (`radius`/`data` shared or per seed, `None` where unused).
+    outputs: its batched `(gamma, beta1, beta2, next radius, next data)`.
+    mesh: the seed mesh or None.
+    dtype: the working dtype.
+
+  Returns:
+    The outputs with those seeds replaced (split like the seeds again), and
+    `{seed: (residual, max |beta|, input radius)}`.
+  """
+  host = [None if a is None else np.array(sharding.to_host(a)) for a in inputs + outputs]
+  (w_in, w_out, w_t, bias, r_in, h_in), outs = host[:6], host[6:]
+  fixed = {}
+  for s in seeds:
+    gamma, realised, residual, _ = krylov.lstsq_min_norm(w_in[s], w_out[s], w_t[s], dtype)
+    r_s = None if r_in is None else (r_in[s] if np.ndim(r_in) else r_in)
+    h_s = None if h_in is None else (h_in[s] if np.ndim(h_in) == 3 else h_in)
+    gamma64 = np.asarray(gamma, np.float64)
+    (b1, b2), r_next, h_next, (shift, radius) = block_norms(
+        np, w_in[s], w_out[s], gamma64, np.asarray(bias[s], np.float64), realised,
+        None if r_s is None else float(r_s), None if h_s is None else np.asarray(h_s, np.float64))
+    for k, v in enumerate((gamma64, b1, b2, r_next, h_next)):
+      if v is not None:
+        outs[k][s] = v
+    fixed[int(s)] = (residual, float(shift), float(radius))
+  put = (lambda a: jnp.asarray(a)) if mesh is None else (lambda a: sharding.distribute(a, mesh))
+  return tuple(None if a is None else put(a.astype(dtype)) for a in outs), fixed
 
 
 @jax.jit

@@ -56,6 +56,12 @@ def main(workdir):
   out["construct_gap"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
                              for x, y in zip(a.gammas + a.betas, b.gammas + b.betas))
   out["construct_shapes"] = [list(np.shape(g)) for g in b.gammas]
+  # seeds where cg misses (cut to 2 iterations), rebuilt by lstsq: the same split over devices
+  c = construct_batch.reconstruct_batch(target, frozen, radius=1.0, maxiter=2,
+                                        mesh=sharding.seed_mesh())
+  out["lstsq_solver"] = c.blocks[0].solver
+  out["lstsq_gap"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                         for x, y in zip(a.gammas + a.betas, c.gammas + c.betas))
   # adam and the construction (which must place its norms on every host's devices).
   config = fit_target.Config(target_widths=(3, 4, 2), width_multipliers=(1.0,), seeds=5,
                              steps=10, chunk_steps=5, batch_size=16, eval_size=64,

@@ -357,10 +357,9 @@ def test_zero_target_and_default_tolerances(x64):
     assert rec.blocks[0].residual == 0 and not np.any(rec.gammas[0])
   assert krylov.default_tol(jnp.float32) == 1e-5 and krylov.default_tol(jnp.float64) == 1e-12
   # acceptance relative to the dtype: float32's thresholds scaled by sqrt(eps / eps_float32)
-  assert construct.exact_tol(jnp.float32) == 1e-5 and construct.exact_tol(jnp.float64) == 4.3e-10
-  assert construct.network_tol(jnp.float32) == 1e-4
-  assert construct.network_tol(jnp.float64) == 4.3e-9
-  assert construct.exact_tol(jnp.float16) == 0.00091   # 1e-5 * sqrt(2**-10 / 2**-23)
+  assert construct.tolerances(jnp.float32) == (1e-5, 1e-4)
+  assert construct.tolerances(jnp.float64) == (4.3e-10, 4.3e-9)
+  assert construct.tolerances(jnp.float16).residual == 0.00091   # 1e-5 sqrt(2**-10 / 2**-23)
 
 
 def test_float64_accepts_a_block_the_dtype_solves_as_well_as_it_can(x64, monkeypatch):

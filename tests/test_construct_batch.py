@@ -63,3 +63,22 @@ def test_a_seed_whose_network_misses_is_refused_or_kept_not_exact(monkeypatch):
   target[0][0][0, 0, 0] = np.nan
   with pytest.raises(ValueError, match=r"target\[0\] weight must be finite"):
     construct_batch.reconstruct_batch(target, frozen, radius=1.0)
+
+
+def test_seeds_where_cg_misses_are_rebuilt_by_lstsq():
+  # At width exactly d_in d_out cg may not converge (here: cut to 3 iterations); those seeds'
+  # blocks are solved again by dense lstsq, shifts and the next block's radius with them.
+  seeds, dims = 3, (3, 4, 2)
+  problems = [make_problem(50 + s, dims, at_threshold(dims), np.float32) for s in range(seeds)]
+  target = [tuple(np.stack([p[0][i][j] for p in problems]) for j in range(2)) for i in range(2)]
+  frozen = [np.stack([p[1][k] for p in problems]) for k in range(4)]
+  rec = construct_batch.reconstruct_batch(target, frozen, radius=1.0, maxiter=3)
+  assert all(b.solver == "cg (lstsq for seeds [0, 1, 2])" for b in rec.blocks)
+  assert rec.exact.all() and all(b.exact.all() for b in rec.blocks)
+  x = ball_and_sphere(51, 100, dims[0], 1.0, np.float32)
+  y = rec.apply(x)
+  for s, (t_s, f_s) in enumerate(problems):
+    assert rel_err(y[s], t_s, x) <= 1e-4
+    one = construct.reconstruct(t_s, f_s, radius=1.0, solver="lstsq")
+    np.testing.assert_allclose(rec.blocks[1].input_radius[s], one.blocks[1].input_radius,
+                               rtol=1e-5)

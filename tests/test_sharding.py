@@ -99,6 +99,8 @@ def test_seed_chunks_match_one_vmap(four_devices):
 def test_batched_reconstruction_sharded_matches(four_devices):
   assert four_devices["construct_gap"] < 1e-5
   assert four_devices["construct_shapes"][0] == [3, 24]   # padding dropped
+  assert four_devices["lstsq_solver"] == "cg (lstsq for seeds [0, 1, 2])"
+  assert four_devices["lstsq_gap"] < 1e-4   # the same min-norm norms, solved another way
 
 
 def test_experiment_records_devices(four_devices):

@@ -223,12 +223,19 @@ def _row(spec: fitspec.FitSpec, result: fitspec.FitResult) -> dict[str, Any]:
          "rel_mse_median": float(med), "rel_mse_q25": float(q25), "rel_mse_q75": float(q75),
          "diverged": int(result.diverged.sum()), "seeds": int(result.seed_ids.size),
          "seeds_at_most_1e-4": int(np.sum(result.rel_mse <= 1e-4)),
-         "network_widths": list(spec.network_widths)}
+         "network_widths": list(spec.network_widths), "norm": spec.norm,
+         "output_norm": spec.output_norm or spec.norm}
   # what a constructed start reported (distill, init=construct, construct): per seed
   for key in ("construction", "students"):
     if key in result.start_report:
       row[key] = result.start_report[key]
   return row
+
+
+LAYERNORM_OUTPUT = (
+    "output LayerNorm: the last norm normalises each output vector across its units (mean 0, "
+    "variance 1) before its scale and shift, so the outputs are confined to a (d_out - 2)-"
+    "dimensional family; --output_norm=affine ends the network with a free affine instead.")
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
@@ -246,6 +253,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
       "access: black box = the method only evaluates the target (evals times per seed); "
       "weights = the exact construction reads the target's weights (the reference)."]
   legend += [f"{name}: {METHODS[name]}" for name in dict.fromkeys(r["optimizer"] for r in rows)]
+  if any(r.get("output_norm") == "layernorm" for r in rows):
+    legend.append(LAYERNORM_OUTPUT)
   return outputs.format_table(TABLE_COLUMNS, body) + "\n" + "\n".join(legend)
 
 

@@ -53,6 +53,15 @@ def test_run_writes_results_metrics_and_plot(tmp_path):
   assert (tmp_path / "rel_mse_vs_width.png").stat().st_size > 1000
   table = fit_target.table(results["rows"])
   assert "rel_mse_med" in table and "evals" in table and "lm" in table
+  assert all(r["norm"] == r["output_norm"] == "affine" for r in rows)
+  assert all(r["network_widths"] == [3, r["width"][0], 4, r["width"][1], 2] for r in rows)
+  assert all(r["seeds_at_most_1e-4"] == np.sum(np.array(
+      [float(m["rel_mse"]) for m in metrics if m["optimizer"] == r["optimizer"]
+       and float(m["width_ratio"]) == r["width_ratio"]]) <= 1e-4) for r in rows)
+  # A LayerNorm as the last norm is explained where the results are read.
+  assert "output LayerNorm" not in table
+  assert "output LayerNorm: the last norm normalises each output vector" in fit_target.table(
+      [dict(r, norm="layernorm", output_norm="layernorm") for r in rows])
 
 
 def test_optimizers_all_and_per_optimizer_defaults():
