@@ -99,8 +99,9 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
         (res.residual, res.iterations, res.status, max_shift, in_radius), seeds))
     solver = "cg"
     retry = np.flatnonzero(~(residual <= tol))
-    if retry.size and n * widths[i] <= LSTSQ_MAX_ENTRIES:
-      # e.g. width exactly d_in d_out: too ill-conditioned for CGLS; dense lstsq for those seeds
+    if retry.size and n <= widths[i] and n * widths[i] <= LSTSQ_MAX_ENTRIES:
+      # a block that can be exact but that cg missed (e.g. width exactly d_in d_out: too
+      # ill-conditioned for CGLS): dense lstsq for those seeds
       (gamma, beta1, beta2, r, h), fixed = _lstsq_seeds(
           retry, (w_in, w_out, w_t, bias, r_in, h_in), (gamma, beta1, beta2, r, h), mesh, dtype)
       for s, (res_s, shift_s, radius_s) in fixed.items():

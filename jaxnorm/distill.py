@@ -1,7 +1,7 @@
-"""Distilling a black-box target into a target-shaped student MLP (to construct norms from).
+"""Distilling a black-box target into a student MLP (to construct norms from).
 
 Why: with its wide units in ReLU's linear regime, the frozen network *is* an
-MLP of the target's widths — block `i` computes
+MLP of its own narrow widths (by default the target's) — block `i` computes
 `relu(diag(gamma_{2i}) W_{2i} diag(gamma_{2i-1}) W_{2i-1} h + c_i)` — so fitting
 its norms there is fitting a same-width student to the target, with the same
 spurious local minima (a same-width ReLU teacher–student problem: measured for
@@ -11,6 +11,8 @@ own coordinates (`sum_i d_i (d_{i-1} + 1)` numbers, 144 for 8,8,8 instead of
 restarts are affordable; the best student is then written into the norms by
 the exact construction of docs/design.md §2 (`jaxnorm.reconstruct_batch`), which
 needs only the frozen weights and the student — never the target's weights.
+`widest_student` picks the student's widths from the blocks' widths alone
+(for a target whose widths are unknown).
 
 `linear_regime_norms` puts a network there from its frozen weights alone (the
 shifts of docs/design.md §2 steps 2–3 with the target's bias set to zero).

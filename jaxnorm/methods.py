@@ -15,10 +15,10 @@ runs once before the first step (distill's students).
 * `LBFGS()`: `optax.lbfgs` with its zoom line search on the fixed batch.
 * `LevenbergMarquardt()`: damped Gauss–Newton on the fixed batch
   (`jaxnorm.second_order`); needs a sum-of-squares loss (`Regression`).
-* `Distill(restarts, student_steps)`: fit target-shaped student MLPs to the
-  fixed batch, write the best into the norms by the exact construction, then
-  Levenberg–Marquardt (see `jaxnorm.starts.distill`). Tied to an affine
-  `NormMLP` fitting an MLP-shaped `Regression` target.
+* `Distill(restarts, student_steps)`: fit student MLPs of the network's
+  narrow widths to the fixed batch, write the best into the norms by the
+  exact construction, then Levenberg–Marquardt (see `jaxnorm.starts.distill`).
+  Tied to an affine `NormMLP`; the `Regression` target may be any function.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ rely on `NormMLP`'s layout (`dense_{k}/kernel`, `norm_{k}/scale|bias`) and on a
 * `Construct()`: the exact reconstruction of each seed's MLP target
   (`jaxnorm.reconstruct_batch`; least squares where a block is narrower than
   `d_in * d_out`). An oracle: it reads the target's weights; needs a ball;
-* `distill(method, run, state)`: fit target-shaped students to the fixed
-  batch, construct the norms from the best, mark the seeds where that failed.
+* `distill(method, run, state)`: fit students of the network's narrow widths
+  to the fixed batch, construct the norms from the best, mark the seeds where
+  that failed.
 """
 
 from __future__ import annotations
