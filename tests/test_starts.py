@@ -47,32 +47,27 @@ def test_starts_refuse_what_they_cannot_start(start, model, task, message):
     engine.init_states(model, task, [0], start=start)
 
 
-def test_distill_fits_a_black_box_through_a_student_of_the_networks_widths(caplog):
+def test_distill_fits_a_black_box_through_students_made_once_for_several_widths(caplog):
   # The target is a plain function (hidden width 3, never told); the network's narrow width 6
   # (the widest its blocks of width 12 hold exactly) shapes the student.
+  from jaxnorm import starts  # pylint: disable=g-import-not-at-top
   w1 = np.array([[1.0, -0.5], [0.3, 0.8], [-0.7, 0.2]], np.float32)
   w2 = np.array([[0.6, -1.0, 0.4], [-0.2, 0.5, 0.9]], np.float32)
   task = jaxnorm.Regression(lambda x: jnp.maximum(x @ w1.T + 0.1, 0) @ w2.T, in_dim=2,
                             eval_size=512, fit_size=256)
   assert jaxnorm.widest_student(2, 2, (12, 12)) == (6,)
+  method = jaxnorm.Distill(restarts=4, student_steps=30)
+  fit = lambda m, seed=0: jaxnorm.fit(jaxnorm.NormMLP((2, m, 6, m, 2)), task, 2, optimizer=method,
+                                      steps=2, seed=seed)
+  starts._STUDENTS.clear()
   with caplog.at_level("INFO"):
-    result = jaxnorm.fit(jaxnorm.NormMLP((2, 12, 6, 12, 2)), task, 2, steps=2,
-                         optimizer=jaxnorm.Distill(restarts=4, student_steps=30))
-  assert result.start_report["students"]["widths"] == [2, 6, 2]
-  assert result.start_report["construction"]["exact_seeds"] == 2
-  assert (result.rel_mse <= 1e-4).all(), result.rel_mse
+    narrow = fit(12)
+  assert narrow.start_report["students"]["widths"] == [2, 6, 2]
+  assert narrow.start_report["construction"]["exact_seeds"] == 2
+  assert (narrow.rel_mse <= 1e-4).all(), narrow.rel_mse
   assert any("distill: students [2, 6, 2] of 2 seeds" in r.getMessage() and "(2/2 exact)" in
              r.getMessage() for r in caplog.records)
-
-
-def test_distill_students_are_made_once_for_the_same_seeds_at_several_widths():
-  from jaxnorm import starts  # pylint: disable=g-import-not-at-top
-  method = jaxnorm.Distill(restarts=2, student_steps=5)
-  task = jaxnorm.Regression(jaxnorm.RandomMLP((2, 3, 2)), eval_size=64, fit_size=32)
-  fit = lambda m: jaxnorm.fit(jaxnorm.NormMLP((2, m, 3, m, 2)), task, 2, optimizer=method,
-                              steps=2)
-  starts._STUDENTS.clear()
-  fit(12)
+  # The students depend on the seeds' data, not on the frozen network: made once for both widths.
   wide = fit(24)
   assert len(starts._STUDENTS) == 1                       # the second fit reused the students
   starts._STUDENTS.clear()
@@ -81,6 +76,5 @@ def test_distill_students_are_made_once_for_the_same_seeds_at_several_widths():
   for k, v in again.params.items():
     for name in v:
       np.testing.assert_array_equal(v[name], wide.params[k][name])
-  other = jaxnorm.fit(jaxnorm.NormMLP((2, 24, 3, 24, 2)), task, 2, optimizer=method, steps=2,
-                      seed=1)
+  other = fit(24, seed=1)
   assert len(starts._STUDENTS) == 2 and not np.array_equal(other.rel_mse, wide.rel_mse)
