@@ -138,10 +138,16 @@ class Reconstruction(NamedTuple):
   network_tol: Optional[float] = None
 
   @property
-  def exact(self) -> bool:
-    """Every block's system solved to `tol` and the network measured within `network_tol`."""
-    return all(b.exact for b in self.blocks) and (
-        self.network_error is not None and self.network_error <= self.network_tol)
+  def exact(self):
+    """Every block's system solved to `tol` and the network measured within `network_tol`.
+
+    A bool; per seed, `[S]`, for `reconstruct_batch`'s result (whose fields are per seed).
+    """
+    if self.network_error is None:
+      return False
+    ok = np.all([b.exact for b in self.blocks], axis=0) & (
+        np.asarray(self.network_error) <= self.network_tol)
+    return ok if np.ndim(ok) else bool(ok)
 
   def apply(self, x: jax.Array) -> jax.Array:
     """Runs the frozen network with these norms on `x` `[..., d_0]` (jitted)."""

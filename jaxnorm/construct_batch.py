@@ -197,12 +197,6 @@ def _batched_block(tol, maxiter, r_axis, h_axis, mesh):
 class _BatchedReconstruction(Reconstruction):
   """A `Reconstruction` with a leading seed axis; `apply` maps over it."""
 
-  @property
-  def exact(self) -> np.ndarray:
-    """Per seed `[S]`: every block's system solved to tol and the network within `network_tol`."""
-    return np.all([b.exact for b in self.blocks], axis=0) & (
-        np.asarray(self.network_error) <= self.network_tol)
-
   def apply(self, x: jax.Array) -> jax.Array:
     """Runs every seed's network on the shared inputs `x` `[..., d_0]` -> `[S, ..., d_L]`."""
     return _apply_batch_jit(self.frozen, self.gammas, self.betas, x)

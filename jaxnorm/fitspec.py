@@ -170,7 +170,7 @@ def check_spec(spec: FitSpec) -> FitSpec:
       raise validate.ConfigError(
           f"need one narrow width between each two blocks: {len(target) - 2} for "
           f"{len(target) - 1} blocks, got {list(narrow)}")
-    if (spec.optimizer == "construct" or spec.init == "construct") and narrow != target[1:-1]:
+    if reads_target(spec) and narrow != target[1:-1]:
       raise validate.ConfigError(
           f"the oracle construction rebuilds the target itself: narrow widths {list(narrow)} "
           f"must be the target's {list(target[1:-1])}")

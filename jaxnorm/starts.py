@@ -60,7 +60,8 @@ def constructed_norms(run, state, layers, data=None):
       task's ball.
 
   Returns:
-    The trainable dict `{(f"norm_{k}", "scale" | "bias"): [S, width]}`.
+    `(trainable, report)`: the trainable dict `{(f"norm_{k}", "scale" | "bias"): [S, width]}`
+    and the construction's verdicts (`construction_report`), also kept in `run.notes`.
   """
   n_layers = len(run.model_info["widths"]) - 1
   frozen = [jnp.swapaxes(state.frozen[(f"dense_{k}", "kernel")], 1, 2) for k in range(n_layers)]
@@ -88,7 +89,7 @@ def constructed_norms(run, state, layers, data=None):
   if set(trainable) != set(state.trainable):
     raise validate.ConfigError("the constructed norms do not match the model's trainable leaves "
                                "(train the norms only: trainable='norm')")
-  return trainable
+  return trainable, report
 
 
 def construction_report(rec, seeds: int, probe: str) -> dict:
@@ -137,7 +138,8 @@ class Construct:
       raise validate.ConfigError(
           f"start=Construct() rebuilds the target in the network's narrow widths {list(narrow)}; "
           f"the target has widths {list(run.task.target_widths)}")
-    return state._replace(trainable=constructed_norms(run, state, _seed_targets(run, state)))
+    trainable, _ = constructed_norms(run, state, _seed_targets(run, state))
+    return state._replace(trainable=trainable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,17 +216,16 @@ def distill(method, run, state):
   # A failed (non-finite) student is zeroed for the construction, which refuses non-finite
   # input; its seed is marked diverged below (its loss is not finite) and keeps its norms.
   layers = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, jnp.zeros_like(a)), layers)
-  trainable = constructed_norms(run, state, layers, data)
+  trainable, report = constructed_norms(run, state, layers, data)
   ok = np.isfinite(loss)
   for v in sharding.to_host(trainable).values():
     ok &= np.isfinite(v).reshape(len(ok), -1).all(axis=1)
   seeds = run.seeds or ok.size
-  exact = run.notes.get("construction", {}).get("exact_seeds") if run.notes is not None else None
   logging.info("distill: students %s of %d seeds in %.1f s (relative MSE on the fixed batch: "
-               "median %.3g, max %.3g), norms constructed in %.1f s (%s exact); %d failed "
+               "median %.3g, max %.3g), norms constructed in %.1f s (%d/%d exact); %d failed "
                "(non-finite)", list(widths), seeds, t1 - t0, np.median(loss[:seeds]),
-               np.max(loss[:seeds]), time.perf_counter() - t1,
-               "?" if exact is None else f"{exact}/{seeds}", (~ok[:seeds]).sum())
+               np.max(loss[:seeds]), time.perf_counter() - t1, report["exact_seeds"], seeds,
+               (~ok[:seeds]).sum())
   if run.notes is not None:
     run.notes["students"] = {"widths": list(widths),
                              "fixed_batch_rel_mse": [float(v) for v in loss[:seeds]]}
