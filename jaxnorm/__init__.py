@@ -4,13 +4,14 @@ The engine, `fit(model, task, seeds)`: the norms (or any selection) of any
 Flax model, linen or NNX, fitted to a `Regression` target or data set or a
 `Classification` data set, one network per seed, all seeds in one compiled
 program split over every device; methods as objects (`Optax`, `LBFGS`,
-`LevenbergMarquardt`, `Distill`) and start phases (`LinearRegime`,
+`LevenbergMarquardt`, `Distill`, `Extract`) and start phases (`LinearRegime`,
 `Construct`). Models (`NormMLP`, `TargetMLP`; the conv nets `NormResNet`, `NormVGG`,
 `NormConvNet`, `ShiftConv`), the freezing
 guarantee (`norm_mask`, `norm_filter`, `norm_only`, `partition`, `combine`),
 the `fit_target` experiment's fits (`FitSpec`, `fit_seeds`, `seed_mesh`), checkpoints that let a fit resume (`Checkpoints`, `FitSlot`,
 `Control`), second-order and distillation fitting (`lm_fit`, `fit_student`,
-`linear_regime_norms`, `widest_student`), norm-only classifiers on real data (`ClassifySpec`,
+`linear_regime_norms`, `widest_student`; `extract_mlp` reads an MLP with two hidden layers
+out of queries of a black box), norm-only classifiers on real data (`ClassifySpec`,
 `train_classifier`), and the exact construction (`reconstruct`,
 `reconstruct_batch`, its thresholds `tolerances`, exported with `norm_mlp_variables`). The experiments
 live outside the library, in `experiments/<name>/`.
@@ -38,6 +39,9 @@ from jaxnorm.convnets import ShiftConv
 from jaxnorm.distill import fit_student
 from jaxnorm.distill import linear_regime_norms
 from jaxnorm.distill import widest_student
+from jaxnorm.extract import Extraction
+from jaxnorm.extract import ExtractionError
+from jaxnorm.extract import extract_mlp
 from jaxnorm.domain import INPUT_DISTRIBUTIONS
 from jaxnorm.domain import sample_inputs
 from jaxnorm.export import frozen_weights
@@ -64,6 +68,7 @@ from jaxnorm.models import sparse_he_normal
 from jaxnorm.models import target_from_params
 from jaxnorm.methods import LBFGS
 from jaxnorm.methods import Distill
+from jaxnorm.methods import Extract
 from jaxnorm.methods import LevenbergMarquardt
 from jaxnorm.methods import Optax
 from jaxnorm.methods import default_optimizer

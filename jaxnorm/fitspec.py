@@ -3,7 +3,8 @@
 A `FitSpec` names, in flat fields that map one-to-one onto experiment flags,
 a frozen `NormMLP` (widths, norm kind, sparsity), a `Regression` task (a
 random target MLP per seed, or one given target, inputs from a ball or a
-Gaussian) and a fitting method by name (`adam`, `lbfgs`, `lm`, `distill`, or
+Gaussian) and a fitting method by name (`adam`, `lbfgs`, `lm`, `distill`, `extract`
+(distill's student read from queries of the target: `jaxnorm.extract`), or
 `construct`: the exact construction from the target's weights, not fitted
 further — the oracle reference a black-box method is measured against).
 `fit_seeds(spec, seeds)` is a thin wrapper: it builds those objects
@@ -32,17 +33,20 @@ from jaxnorm import validate
 
 SCHEDULES = ("constant", "cosine")
 INITS = ("standard", "linear", "construct")
-OPTIMIZERS = ("adam", "lbfgs", "lm", "distill", "construct")
+OPTIMIZERS = ("adam", "lbfgs", "lm", "distill", "extract", "construct")
 ORACLES = ("construct",)   # read the target's weights; every other method only evaluates it
 BATCHINGS = engine.BATCHINGS
-FULL_BATCH = ("lbfgs", "lm", "distill")   # fit a fixed batch of `fit_size` inputs
+FULL_BATCH = ("lbfgs", "lm", "distill", "extract")   # fit a fixed batch of `fit_size` inputs
+STUDENTS = ("distill", "extract")   # construct the norms from a student MLP, then LM
 # distill on Gaussian inputs (no bounded domain): the shifts keep the wide units linear on
 # the fixed batch scaled by this factor, so that fresh inputs a little beyond it stay covered.
 GAUSSIAN_MARGIN = 1.5
 # Defaults of `steps` / `chunk_steps` per optimizer (a step of `lm` costs ~1000 of `adam`).
 # `construct` takes one step that leaves the constructed norms as they are (zero update).
-DEFAULT_STEPS = {"adam": 2000, "lbfgs": 500, "lm": 100, "distill": 10, "construct": 1}
-DEFAULT_CHUNK_STEPS = {"adam": 250, "lbfgs": 100, "lm": 10, "distill": 5, "construct": 1}
+DEFAULT_STEPS = {"adam": 2000, "lbfgs": 500, "lm": 100, "distill": 10, "extract": 10,
+                 "construct": 1}
+DEFAULT_CHUNK_STEPS = {"adam": 250, "lbfgs": 100, "lm": 10, "distill": 5, "extract": 5,
+                       "construct": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +62,7 @@ class FitSpec:
       `"affine"` after LayerNorm hidden layers (see `NormMLP.output_norm`).
     keep_prob: keep-probability `p` of each frozen weight.
     steps: optimizer steps (`None`: `DEFAULT_STEPS[optimizer]`); for
-      `distill`, the Levenberg–Marquardt steps on the norms after the
+      `distill` and `extract`, the Levenberg–Marquardt steps on the norms after the
       construction.
     chunk_steps: steps per compiled `scan` chunk (progress is reported
       between; `None`: `DEFAULT_CHUNK_STEPS[optimizer]`).
@@ -78,7 +82,7 @@ class FitSpec:
       than `d_in * d_out`) — an oracle: it reads the target's weights; needs
       `norm="affine"` and inputs in the ball. `distill` makes its own start and
       needs `"standard"`.
-    fit_size: inputs of the fixed batch (`lbfgs`, `lm`, `distill`): the
+    fit_size: inputs of the fixed batch (`lbfgs`, `lm`, `distill`, `extract`): the
       target is evaluated on them once.
     restarts: random students tried per seed (`distill`).
     student_steps: Levenberg–Marquardt steps on the student (`distill`).
@@ -190,13 +194,13 @@ def check_spec(spec: FitSpec) -> FitSpec:
   validate.one_of("input distribution", spec.input_distribution, domain.INPUT_DISTRIBUTIONS)
   validate.one_of("init", spec.init, INITS)
   if spec.output_norm and spec.output_norm != spec.norm and spec.optimizer in (
-      "distill", "construct") or spec.output_norm not in ("", spec.norm) and spec.init == "linear":
+      *STUDENTS, "construct") or spec.output_norm not in ("", spec.norm) and spec.init == "linear":
     raise validate.ConfigError(
         f"optimizer={spec.optimizer}, init={spec.init} build affine norms throughout: "
         f"output_norm={spec.output_norm} must be left out")
-  if spec.optimizer == "distill" and (spec.norm != "affine" or spec.init != "standard"):
+  if spec.optimizer in STUDENTS and (spec.norm != "affine" or spec.init != "standard"):
     raise validate.ConfigError(
-        f"optimizer=distill constructs affine norms from its student: it needs norm=affine and "
+        f"optimizer={spec.optimizer} constructs affine norms from its student: it needs norm=affine and "
         f"init=standard, got norm={spec.norm}, init={spec.init}")
   if spec.optimizer == "construct" and (spec.norm, spec.init, spec.input_distribution) != (
       "affine", "standard", "ball"):
@@ -242,10 +246,10 @@ def estimate_bytes(spec: FitSpec, seeds: int, seed_chunk: Optional[int] = None) 
   rows = spec.fit_size if spec.optimizer in FULL_BATCH else spec.batch_size
   # activations: pre- and post-norm values, masks and their gradients per unit
   work = max(6 * rows * sum(widths), 2 * spec.eval_size * max(widths))
-  if spec.optimizer in ("lm", "distill"):
+  if spec.optimizer in ("lm", *STUDENTS):
     # the Jacobian (twice: built per example, then stacked), per-example cotangents, J^T J
     work += rows * d_out * (2 * norms + sum(widths)) + 3 * norms ** 2
-  if spec.optimizer == "distill":
+  if spec.optimizer in STUDENTS:
     student = sum(a * b + b for a, b in zip(spec.student_widths[:-1], spec.student_widths[1:]))
     work += spec.restarts * (rows * d_out * student + 2 * student ** 2)
   at_once = seeds if seed_chunk is None else min(seeds, seed_chunk)
@@ -275,6 +279,9 @@ def problem(spec: FitSpec, fixed_target: bool = False):
       "lbfgs": lambda: methods.LBFGS(memory_size=20),
       "lm": lambda: methods.LevenbergMarquardt(),
       "distill": lambda: methods.Distill(restarts=spec.restarts,
+                                         student_steps=spec.student_steps,
+                                         gaussian_margin=GAUSSIAN_MARGIN),
+      "extract": lambda: methods.Extract(restarts=spec.restarts,
                                          student_steps=spec.student_steps,
                                          gaussian_margin=GAUSSIAN_MARGIN),
       "construct": lambda: methods.Optax(optax.set_to_zero()),

@@ -187,6 +187,7 @@ class Distill(LevenbergMarquardt):
   student_steps: int = 100
   gaussian_margin: float = 1.5
   name = "distill"
+  queries = False   # Extract: read the target from queries first
 
   def check(self, task, model_info) -> None:
     """Needs an affine `NormMLP` of an even number of layers and a Regression task on a domain.
@@ -209,3 +210,21 @@ class Distill(LevenbergMarquardt):
   def prepare(self, run, state):
     """Fit the students and construct every seed's norms from the best (`starts.distill`)."""
     return starts.distill(self, run, state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Extract(Distill):
+  """Read each seed's target from queries, construct the norms from it, then Levenberg–Marquardt.
+
+  The student MLP is read out of the target's outputs (`jaxnorm.extract`:
+  the kinks along random chords of the domain give the first layer's
+  hyperplanes and the second layer's units, least squares the rest) instead
+  of fitted, for a student with two hidden layers; a seed whose reading
+  fails or does not fit the student's widths takes a fitted student
+  (`Distill`), as does every seed of a student of other depth. The students
+  are fitted only when some seed needs one; a seed with both keeps the one
+  with the lower error on the fixed batch. Attributes as `Distill`'s.
+  """
+
+  name = "extract"
+  queries = True

@@ -31,6 +31,8 @@ from absl import logging
 
 from jaxnorm import construct_batch
 from jaxnorm import distill as distill_lib
+from jaxnorm import extract as extract_lib
+from jaxnorm import models
 from jaxnorm import sharding
 from jaxnorm import validate
 
@@ -194,6 +196,44 @@ def distill(method, run, state):
                                    s.task["fit_y"], weight, method.restarts, method.student_steps)
 
   t0 = time.perf_counter()
+  seeds = run.seeds or state.step.shape[0]
+  read = _read_from_queries(method, run, state, widths, seeds) if method.queries else None
+  if read is not None and all(layers is not None for layers in read["layers"]):
+    layers, loss = _stack_read(read, state.step.shape[0]), read["loss"]
+  else:
+    layers, loss = _students(method, run, state, widths, students)
+    loss = np.array(loss, np.float64)
+    if read is not None:   # each seed keeps what fits its fixed batch better
+      layers, loss = _choose(read, layers, loss, seeds)
+  t1 = time.perf_counter()
+  data = None if run.task.inputs == "ball" else method.gaussian_margin * state.task["fit_x"]
+  # A failed (non-finite) student is zeroed for the construction, which refuses non-finite
+  # input; its seed is marked diverged below (its loss is not finite) and keeps its norms.
+  layers = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, jnp.zeros_like(a)), layers)
+  trainable, report = constructed_norms(run, state, layers, data)
+  ok = np.isfinite(loss)
+  for v in sharding.to_host(trainable).values():
+    ok &= np.isfinite(v).reshape(len(ok), -1).all(axis=1)
+  logging.info("%s: students %s of %d seeds in %.1f s (relative MSE on the fixed batch: "
+               "median %.3g, max %.3g), norms constructed in %.1f s (%d/%d exact); %d failed "
+               "(non-finite)", method.name, list(widths), seeds, t1 - t0, np.median(loss[:seeds]),
+               np.max(loss[:seeds]), time.perf_counter() - t1, report["exact_seeds"], seeds,
+               (~ok[:seeds]).sum())
+  if run.notes is not None:
+    run.notes["students"] = {"widths": list(widths),
+                             "fixed_batch_rel_mse": [float(v) for v in loss[:seeds]]}
+    if read is not None:
+      run.notes["students"].update(
+          source=read["source"][:seeds], queries=read["queries"],
+          read_widths=read["widths"], read_fixed_batch_rel_mse=read["read_loss"])
+  keep = sharding.distribute(ok, run.mesh)
+  trainable = {p: jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, state.trainable[p])
+               for p, v in trainable.items()}
+  return state._replace(trainable=trainable, diverged=state.diverged | ~keep)
+
+
+def _students(method, run, state, widths, students):
+  """`(layers, loss)` of the students, made once per seeds' data (kept in `_STUDENTS`)."""
   # The students depend on the seeds' data keys and fixed batches, not on the frozen network:
   # fits of the same seeds at several widths share them (keyed by the bytes they are made of).
   digest = hashlib.sha256()
@@ -211,25 +251,81 @@ def distill(method, run, state):
     _STUDENTS[key] = (layers, loss)
     while len(_STUDENTS) > _STUDENTS_KEPT:
       _STUDENTS.popitem(last=False)
-  t1 = time.perf_counter()
-  data = None if run.task.inputs == "ball" else method.gaussian_margin * state.task["fit_x"]
-  # A failed (non-finite) student is zeroed for the construction, which refuses non-finite
-  # input; its seed is marked diverged below (its loss is not finite) and keeps its norms.
-  layers = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, jnp.zeros_like(a)), layers)
-  trainable, report = constructed_norms(run, state, layers, data)
-  ok = np.isfinite(loss)
-  for v in sharding.to_host(trainable).values():
-    ok &= np.isfinite(v).reshape(len(ok), -1).all(axis=1)
-  seeds = run.seeds or ok.size
-  logging.info("distill: students %s of %d seeds in %.1f s (relative MSE on the fixed batch: "
-               "median %.3g, max %.3g), norms constructed in %.1f s (%d/%d exact); %d failed "
-               "(non-finite)", list(widths), seeds, t1 - t0, np.median(loss[:seeds]),
-               np.max(loss[:seeds]), time.perf_counter() - t1, report["exact_seeds"], seeds,
-               (~ok[:seeds]).sum())
-  if run.notes is not None:
-    run.notes["students"] = {"widths": list(widths),
-                             "fixed_batch_rel_mse": [float(v) for v in loss[:seeds]]}
-  keep = sharding.distribute(ok, run.mesh)
-  trainable = {p: jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, state.trainable[p])
-               for p, v in trainable.items()}
-  return state._replace(trainable=trainable, diverged=state.diverged | ~keep)
+  return layers, loss
+
+
+def _read_from_queries(method, run, state, widths, seeds):
+  """Each seed's target read from queries (`jaxnorm.extract`), padded to the student's widths.
+
+  Returns None when the student has other than two hidden layers; else a dict
+  of per-seed lists: `layers` (None where the reading failed or is wider than
+  the student), `loss` (its fixed-batch relative MSE, inf where None),
+  `source`, `queries`, `widths`, `read_loss`, `error`.
+  """
+  if len(widths) != 4:
+    logging.info("%s: reads targets with two hidden layers; the student %s has %d, so every "
+                 "seed takes a fitted student", method.name, list(widths), len(widths) - 2)
+    return None
+  task = run.task
+  host = sharding.to_host(state.task)
+  keys = sharding.to_host(jax.random.key_data(state.data_key))
+  outputs = jax.jit(task.target_outputs)
+  read = {k: [] for k in ("layers", "loss", "source", "queries", "widths", "read_loss", "error")}
+  t0 = time.perf_counter()
+  for i in range(seeds):
+    own = jax.tree.map(lambda a, i=i: a[i], host["target"])
+    f = lambda x, own=own: np.asarray(outputs(run.consts, own, jnp.asarray(x, jnp.float32)))
+    x, y = host["fit_x"][i].astype(np.float64), host["fit_y"][i].astype(np.float64)
+    radius = (task.radius if task.inputs == "ball"
+              else method.gaussian_margin * float(np.max(np.linalg.norm(x, axis=1))))
+    layers, loss, error, got = None, np.inf, "", None
+    try:
+      got = extract_lib.extract_mlp(f, widths[0], widths[-1], radius,
+                                    seed=int(np.asarray(keys[i]).ravel()[-1]))
+    except extract_lib.ExtractionError as e:
+      error = str(e)
+    if got is not None:
+      layers = extract_lib.pad_layers(got.layers, widths)
+      out = models.apply_target(got.layers, x)
+      loss = float(task.residual_weight({"var": host["var"][i]}, y) * np.sum((out - y) ** 2))
+      if layers is None:
+        error = f"read widths {list(got.widths)} do not fit the student's {list(widths)}"
+    read["layers"].append(layers)
+    read["loss"].append(loss if layers is not None else np.inf)
+    read["source"].append("queries" if layers is not None else "student")
+    read["queries"].append(0 if got is None else got.queries)
+    read["widths"].append(None if got is None else list(got.widths))
+    read["read_loss"].append(loss)
+    read["error"].append(error)
+  read["loss"] = np.array(read["loss"], np.float64)
+  done = [l for l, src in zip(read["read_loss"], read["source"]) if src == "queries"]
+  logging.info("%s: %d/%d seeds read from queries in %.1f s (%d queries per seed; relative MSE "
+               "on the fixed batch: median %.3g)%s", method.name, len(done), seeds,
+               time.perf_counter() - t0, int(np.median(read["queries"])),
+               np.median(done) if done else np.nan,
+               "" if len(done) == seeds else "; the others take fitted students: " + "; ".join(
+                   sorted({e for e in read["error"] if e})))
+  return read
+
+
+def _stack_read(read, total):
+  """The per-seed read MLPs as `[(W[S, out, in], b[S, out]), ...]` (padding repeats the last)."""
+  per_seed = read["layers"] + [read["layers"][-1]] * (total - len(read["layers"]))
+  return [(jnp.asarray(np.stack([l[k][0] for l in per_seed]), jnp.float32),
+           jnp.asarray(np.stack([l[k][1] for l in per_seed]), jnp.float32))
+          for k in range(len(per_seed[0]))]
+
+
+def _choose(read, student_layers, student_loss, seeds):
+  """Per seed, the read MLP where it fits the fixed batch at least as well as the student."""
+  host = [(np.array(w, np.float64), np.array(b, np.float64))
+          for w, b in sharding.to_host(student_layers)]
+  loss = student_loss.copy()
+  for i in range(seeds):
+    if read["layers"][i] is not None and read["loss"][i] <= student_loss[i]:
+      for k, (w, b) in enumerate(read["layers"][i]):
+        host[k][0][i], host[k][1][i] = w, b
+      loss[i] = read["loss"][i]
+    else:
+      read["source"][i] = "student"
+  return [(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32)) for w, b in host], loss

@@ -258,6 +258,10 @@ class Regression:
       return models.apply_target(consts, x)
     return self.target(x)
 
+  def target_outputs(self, consts, own_target, x):
+    """The target's outputs on `x` (a black-box query; `own_target`: the seed's `state["target"]`)."""
+    return self._apply(consts, own_target, x)
+
   def draw(self, key, n):
     """`n` inputs from the task's input distribution."""
     if callable(self.inputs):

@@ -261,6 +261,7 @@ BAD_SPECS = [
     (dict(optimizer="distill", student_steps=-1), "student_steps"),
     (dict(optimizer="distill", init="linear"), "init=standard"),
     (dict(optimizer="distill", norm="layernorm"), "norm=affine"),
+    (dict(optimizer="extract", norm="batchnorm"), "optimizer=extract constructs affine norms"),
     (dict(init="linear", norm="batchnorm"), "init=linear needs norm=affine"),
     (dict(init="zeros"), "zeros"),
     (dict(output_norm="groupnorm"), "output norm kind"),

@@ -1,5 +1,6 @@
 """Tests for jaxnorm.starts: where an affine NormMLP's norms begin."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -78,3 +79,21 @@ def test_distill_fits_a_black_box_through_students_made_once_for_several_widths(
       np.testing.assert_array_equal(v[name], wide.params[k][name])
   other = fit(24, seed=1)
   assert len(starts._STUDENTS) == 2 and not np.array_equal(other.rel_mse, wide.rel_mse)
+
+
+def test_extract_reads_a_depth_3_black_box_from_queries_without_fitting_students(caplog):
+  from jaxnorm import starts  # pylint: disable=g-import-not-at-top
+  target = jaxnorm.init_target(jax.random.key(3), (3, 6, 6, 2))   # hidden widths never told
+  task = jaxnorm.Regression(lambda x: jaxnorm.apply_target(target, x), in_dim=3, eval_size=512,
+                            fit_size=256)
+  net = jaxnorm.NormMLP((3, 48, 8, 128, 8, 32, 2))   # the narrow widths 8, 8 hold what is read
+  starts._STUDENTS.clear()
+  with caplog.at_level("INFO"):
+    result = jaxnorm.fit(net, task, 2, optimizer=jaxnorm.Extract(), steps=1)
+  notes = result.start_report["students"]
+  assert notes["source"] == ["queries", "queries"] and min(notes["queries"]) > 100_000
+  assert all(w[1] == 6 for w in notes["read_widths"])           # the first layer's 6 hyperplanes
+  assert not starts._STUDENTS                                    # no student was fitted
+  assert result.start_report["construction"]["exact_seeds"] == 2
+  assert (result.rel_mse <= 1e-8).all(), result.rel_mse
+  assert any("extract: 2/2 seeds read from queries" in r.getMessage() for r in caplog.records)

@@ -56,6 +56,9 @@ METHODS = {
     "lm": "Levenberg-Marquardt on the norms, on a fixed batch of fit_size inputs.",
     "distill": "fit a student of the target's shape to fit_size evaluations, construct the "
                "norms from it, polish with Levenberg-Marquardt.",
+    "extract": "read a student with two hidden layers out of queries of the target (kinks along "
+               "random chords), construct the norms from it, polish with Levenberg-Marquardt; "
+               "seeds it fails on take distill's student.",
     "construct": "the exact construction from the target's own weights (least squares below "
                  "ratio 1): what tuning only the norms can reach.",
 }
@@ -76,7 +79,7 @@ class Config:
   seeds: int = hparam(8, "Seeds (frozen network + target) fitted at once per width.")
   optimizers: tuple[str, ...] = hparam(
       ("adam", "distill", "construct"), "Fitting methods side by side, each on every width and "
-      "seed: adam | lbfgs | lm | distill | construct (the exact construction from the "
+      "seed: adam | lbfgs | lm | distill | extract | construct (the exact construction from the "
       "target's weights: the oracle reference), or all.", aliases=("optimizer",))
   steps: Optional[int] = hparam(
       None, "Optimizer steps (none: per optimizer, adam 2000, lbfgs 500, lm 100, distill 10).")
@@ -229,6 +232,9 @@ def _row(spec: fitspec.FitSpec, result: fitspec.FitResult) -> dict[str, Any]:
   for key in ("construction", "students"):
     if key in result.start_report:
       row[key] = result.start_report[key]
+  queries = row.get("students", {}).get("queries")
+  if queries:   # extract: the queries that read the students count as evaluations too
+    row["evals"] = spec.evals + int(np.max(queries))
   return row
 
 

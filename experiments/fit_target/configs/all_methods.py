@@ -1,4 +1,4 @@
-"""Every fitting method (adam, lbfgs, lm, distill, construct) on the same seeds and widths.
+"""Every fitting method (adam, lbfgs, lm, distill, extract, construct) on the same seeds and widths.
 
   python -m experiments.fit_target --workdir=/tmp/fit_all --config=all_methods
 """
