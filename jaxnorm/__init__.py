@@ -13,7 +13,7 @@ the `fit_target` experiment's fits (`FitSpec`, `fit_seeds`, `seed_mesh`), checkp
 `linear_regime_norms`, `widest_student`; `extract_mlp` reads an MLP with two hidden layers
 out of queries of a black box), norm-only classifiers on real data (`ClassifySpec`,
 `train_classifier`), and the exact construction (`reconstruct`,
-`reconstruct_batch`, its thresholds `tolerances`, exported with `norm_mlp_variables`). The experiments
+`reconstruct_batch`, `reconstruct_conv` for CNNs (`construct_conv.Conv`, `Dense`, `AvgPool`, `Flatten`), its thresholds `tolerances`, exported with `norm_mlp_variables`). The experiments
 live outside the library, in `experiments/<name>/`.
 """
 
@@ -31,6 +31,8 @@ from jaxnorm.construct import Tolerances
 from jaxnorm.construct import tolerances
 from jaxnorm.construct import reconstruct
 from jaxnorm.construct_batch import reconstruct_batch
+from jaxnorm.construct_conv import ConvReconstruction
+from jaxnorm.construct_conv import reconstruct_conv
 from jaxnorm.convnets import NormConvNet
 from jaxnorm.convnets import NormResNet
 from jaxnorm.convnets import NormVGG
