@@ -22,7 +22,9 @@ shrinks it); a block's output pixels have norm `<= B = ||K||_2 R_patch + ||c||`
 `<= k B` and a flattened `H x W` map `<= sqrt(H W) B`. With `data=` images the
 shifts come from the actual patches, layer by layer (the tightest). Dense
 layers after `Flatten` are MLP blocks; `AvgPool` and `Flatten` are linear and
-pass through unchanged (the rebuilt network has them too).
+pass through unchanged, and so does `MaxPool`: it acts pixel by pixel on a
+block's output, which equals the target's on the domain (the rebuilt network
+has the same pooling layers, `bound` grows by the window for max pooling).
 
 The rebuilt network is a plain Flax linen CNN (`nn.Conv`, `nn.BatchNorm` in
 inference with running mean 0 and variance 1, `nn.Dense`, `nn.avg_pool`):
@@ -78,13 +80,20 @@ class AvgPool(NamedTuple):
   stride: Optional[int] = None
 
 
+class MaxPool(NamedTuple):
+  """Max pooling over `window x window`, 'VALID' (a fixed layer, kept in the rebuilt CNN)."""
+  window: int
+  stride: Optional[int] = None
+
+
 class Flatten(NamedTuple):
   """`[n, H, W, C] -> [n, H W C]` (linear: passed through)."""
 
 
 def _pool(x, op):
   s = op.stride or op.window
-  return nn.avg_pool(x, (op.window, op.window), strides=(s, s), padding="VALID")
+  pool = nn.max_pool if isinstance(op, MaxPool) else nn.avg_pool
+  return pool(x, (op.window, op.window), strides=(s, s), padding="VALID")
 
 
 def _flatten(x):
@@ -97,7 +106,7 @@ def _conv(x, kernel, stride, padding):
 
 
 def apply_target(layers: Sequence, x: jax.Array) -> jax.Array:
-  """Runs a target CNN given as `Conv`/`Dense`/`AvgPool`/`Flatten` ops on images `[n, H, W, C]`."""
+  """Runs a target CNN (`Conv`, `Dense`, `AvgPool`, `MaxPool`, `Flatten` ops) on `[n, H, W, C]`."""
   last = max(i for i, op in enumerate(layers) if isinstance(op, (Conv, Dense)))
   for i, op in enumerate(layers):
     if isinstance(op, Conv):
@@ -105,7 +114,7 @@ def apply_target(layers: Sequence, x: jax.Array) -> jax.Array:
           op.bias, x.dtype)
     elif isinstance(op, Dense):
       x = x @ jnp.asarray(op.kernel, x.dtype) + jnp.asarray(op.bias, x.dtype)
-    elif isinstance(op, AvgPool):
+    elif isinstance(op, (AvgPool, MaxPool)):
       x = _pool(x, op)
     else:
       x = _flatten(x)
@@ -168,8 +177,8 @@ class ConvReconstruction:
     return _plain_variables(self.model(), self.layers, self.frozen, self.gammas, self.betas)
 
   def apply(self, x: jax.Array) -> jax.Array:
-    """The rebuilt CNN on images `[n, H, W, C]`."""
-    return self.model().apply(self.variables(), x)
+    """The rebuilt CNN on images `[n, H, W, C]` (one compiled program per call)."""
+    return jax.jit(self.model().apply)(self.variables(), x)
 
 
 def _plain_cnn(layers, widths) -> nn.Sequential:
@@ -186,7 +195,7 @@ def _plain_cnn(layers, widths) -> nn.Sequential:
     elif isinstance(op, Dense):
       ops += [nn.Dense(next(blocks), use_bias=False), bn(), nn.relu,
               nn.Dense(np.shape(op.kernel)[-1], use_bias=False), bn()]
-    elif isinstance(op, AvgPool):
+    elif isinstance(op, (AvgPool, MaxPool)):
       ops.append(functools.partial(_pool, op=op))
     else:
       ops.append(_flatten)
@@ -278,9 +287,9 @@ def _check(layers, frozen, radius, data, input_shape):
                          f"[m, {kshape[1]}] needed, got {w1}, {w2}")
       shape = (kshape[1],)
       b += 1
-    elif isinstance(op, AvgPool):
+    elif isinstance(op, (AvgPool, MaxPool)):
       if not spatial or op.window < 1 or op.window > min(shape[:2]):
-        raise ConfigError(f"layer {i}: average pooling {op.window}x{op.window} on {shape}")
+        raise ConfigError(f"layer {i}: pooling {op.window}x{op.window} on {shape}")
       s = op.stride or op.window
       shape = ((shape[0] - op.window) // s + 1, (shape[1] - op.window) // s + 1, shape[2])
     elif isinstance(op, Flatten):
@@ -288,8 +297,8 @@ def _check(layers, frozen, radius, data, input_shape):
         raise ConfigError(f"layer {i}: Flatten of a flat vector")
       shape, spatial = (int(np.prod(shape)),), False
     else:
-      raise ConfigError(f"layer {i}: unknown op {type(op).__name__} (Conv, Dense, AvgPool or "
-                        f"Flatten)")
+      raise ConfigError(f"layer {i}: unknown op {type(op).__name__} (Conv, Dense, AvgPool, "
+                        f"MaxPool or Flatten)")
   for op, pair in zip(blocks, frozen):
     for a in (op.kernel, op.bias, *pair):
       if not np.isfinite(np.asarray(a)).all():
@@ -377,9 +386,11 @@ def reconstruct_conv(layers: Sequence, frozen: Sequence, *, radius: Optional[flo
           r = np.linalg.norm(realised, 2) * r + np.linalg.norm(bias)
       if h is not None:
         h = np.maximum(h, 0)   # (after the last layer h is no longer used)
-    elif isinstance(op, AvgPool):
+    elif isinstance(op, (AvgPool, MaxPool)):
       if h is not None:
         h = np.asarray(_pool(jnp.asarray(h), op), np.float64)
+      elif isinstance(op, MaxPool):   # each channel's max comes from one of window^2 pixels
+        bound *= op.window
     else:
       if h is not None:
         h = h.reshape(h.shape[0], -1)
@@ -397,6 +408,9 @@ def reconstruct_conv(layers: Sequence, frozen: Sequence, *, radius: Optional[flo
   return result
 
 
+PROBE_ACTIVATIONS = 1 << 24   # at most this many activations of the widest layer per probe
+
+
 def probe_images(input_shape, *, radius=None, data=None, seed: int = 0, n: int = 512):
   """Images on which a rebuilt CNN is measured: the data (first `n`), or `n/2` on the sphere of
   `radius` and `n/2` inside it (float64)."""
@@ -410,8 +424,11 @@ def probe_images(input_shape, *, radius=None, data=None, seed: int = 0, n: int =
 
 
 def _network_error(result, radius, data, input_shape, dtype) -> float:
-  x = jnp.asarray(probe_images(input_shape, radius=radius, data=data), dtype)
-  want = np.asarray(apply_target(result.layers, x), np.float64)
+  # as many probe images as keep the widest layer's activations within PROBE_ACTIVATIONS
+  widest = max(w1.shape[-1] for w1, _ in result.frozen) * input_shape[0] * input_shape[1]
+  n = int(np.clip(PROBE_ACTIVATIONS // widest, 8, 512))
+  x = jnp.asarray(probe_images(input_shape, radius=radius, data=data, n=n), dtype)
+  want = np.asarray(jax.jit(functools.partial(apply_target, result.layers))(x), np.float64)
   got = np.asarray(result.apply(x), np.float64)
   scale = np.linalg.norm(want)
   err = np.linalg.norm(got - want)

@@ -106,6 +106,16 @@ def test_the_exported_plain_flax_cnn_reproduces_the_target(enable_x64):
   assert _rel(out, cc.apply_target(layers, jnp.asarray(images))) <= 1e-9
 
 
+def test_max_pooling_stays_exact_as_a_fixed_layer(enable_x64):
+  del enable_x64
+  layers, frozen, rng = _problem(6, [(3, 2, 1, "SAME"), (3, 3, 1, "SAME")], 1, ratio=1.2)
+  layers.insert(1, cc.MaxPool(2))          # 6x6x2 -> 3x3x2, then the second conv
+  images = rng.normal(size=(20, 6, 6, 1))
+  for domain in ({"data": images}, {"radius": 2.0, "input_shape": (6, 6, 1)}):
+    rec = cc.reconstruct_conv(layers, frozen, **domain)
+    assert rec.exact and rec.network_error <= 1e-9, rec.network_error
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(radius=1.0), "input_shape"),
     (dict(radius=1.0, data=np.zeros((2, 5, 5, 1))), "exactly one"),

@@ -52,7 +52,7 @@ def test_two_hosts_write_what_one_host_writes(four_devices, workdirs):
     port = s.getsockname()[1]
   flags = ["--target_widths=3,4,2", "--width_multipliers=1", "--seeds=5", "--steps=10",
            "--chunk_steps=5", "--batch_size=16", "--eval_size=64",
-           "--optimizers=adam,construct", "--distributed",
+           "--optimizers=construct", "--distributed",
            f"--coordinator_address=localhost:{port}", "--num_processes=2",
            f"--workdir={workdirs / 'two_processes'}"]
   procs = [subprocess.Popen([sys.executable, "-m", "experiments.fit_target", *flags,

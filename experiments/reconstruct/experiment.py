@@ -14,6 +14,12 @@ into the workdir:
   system fits (`construct.LSTSQ_MAX_ENTRIES`), with the speed ratio.
 * `gap`    at equal widths and seeds, held-out relative MSE of the construction
   next to gradient fitting (Adam) from the standard init and from the construction.
+* `conv`   CNNs (`jaxnorm.reconstruct_conv`): the phase transition of one 3x3
+  conv block `c -> c + 1` at width ratio m/(k^2 c_in c_out) = 1 (float64,
+  success over seeds), and a small CNN trained on the digits with plain Flax,
+  rebuilt by the BatchNorms of a frozen random CNN at `--conv_ratio`, in
+  float64 and float32: accuracies, identical predictions, logit errors
+  (`experiments/reconstruct/conv_rows.py`).
 
 Relative error = max |g(x) - f(x)| / max |f(x)| over points inside the ball of
 the radius and on its sphere. One block (target depth 1, d_in = d_out = d) for
@@ -42,6 +48,7 @@ from experiments.config_flags import hparam
 
 from jaxnorm import checkpoint
 from jaxnorm import construct
+from jaxnorm import construct_conv
 from jaxnorm import fitspec
 from jaxnorm import memory
 from jaxnorm import sharding
@@ -50,13 +57,15 @@ from experiments import lifecycle
 from experiments import outputs
 from experiments import peak
 from experiments import plots
+from experiments.reconstruct import conv_rows
 from experiments.reconstruct import rows as reconstruct_rows
 
-STUDIES = ("dense", "sparse", "scale", "gap")
+STUDIES = ("dense", "sparse", "scale", "gap", "conv")
 MAX_SEEDS = 10_000
 DEFAULT_DIMS = {"dense": (4, 8, 16), "sparse": (8, 16), "scale": (16, 32, 64, 128, 256),
-                "gap": (8,)}
-DEFAULT_RATIOS = {"dense": (0.5, 0.75, 0.9, 0.97, 1.0, 1.1, 1.25, 1.5, 2.0), "gap": (1.0, 2.0, 4.0)}
+                "gap": (8,), "conv": (2,)}
+DEFAULT_RATIOS = {"dense": (0.5, 0.75, 0.9, 0.97, 1.0, 1.1, 1.25, 1.5, 2.0), "gap": (1.0, 2.0, 4.0),
+                  "conv": (0.5, 0.75, 0.9, 0.97, 1.0, 1.1, 1.5, 2.0)}
 COLUMNS = ("study", "d", "p", "width", "width_ratio", "rel_error", "success", "seconds", "solver")
 GAP_METHODS = ("standard", "construct", "construction")   # Adam from either init; the construction
 
@@ -66,8 +75,9 @@ class Config:
   """The `reconstruct` experiment: every hyperparameter, declared once (flags are generated
   from these fields by `experiments.config_flags`; the named configs are in `configs/`)."""
 
-  study: str = hparam("dense", "Study: dense | sparse | scale | gap.")
-  dims: tuple[int, ...] = hparam((), "Block sizes d, d_in = d_out = d (empty: the study's own).")
+  study: str = hparam("dense", "Study: dense | sparse | scale | gap | conv.")
+  dims: tuple[int, ...] = hparam((), "Block sizes d, d_in = d_out = d (conv: channels c of a "
+                                 "3x3 block c -> c+1; empty: the study's own).")
   ratios: tuple[float, ...] = hparam(
       (), "Width ratios m/(d_in d_out) (dense, gap; empty: the study's own).")
   keep_probs: tuple[float, ...] = hparam((1.0, 0.5, 0.25, 0.125, 0.0625),
@@ -79,6 +89,11 @@ class Config:
   learning_rate: float = hparam(1e-2, "Adam's peak learning rate (gap).")
   test_points: int = hparam(2000, "Points for the relative error (half inside the ball, half "
                             "on the sphere).")
+  conv_ratio: float = hparam(1.5, "Width ratio m/(k^2 c_in c_out) of every block of the "
+                             "rebuilt trained CNN (conv).")
+  train_steps: int = hparam(400, "Full-batch Adam steps that train the digits CNN (conv).")
+  conv_scale_channels: int = hparam(64, "Channels c of the conv study's scale row, one float32 "
+                                    "3x3 block c -> c at m = 2 k^2 c^2 (0: no scale row).")
   devices: int = hparam(0, "Devices the gap study's Adam fits spread their seeds over (0: "
                         "every device); the other studies solve one block at a time.")
 
@@ -87,13 +102,14 @@ class Config:
     validate.one_of("study", self.study, STUDIES)
     dims = validate.positive_ints("dims", self.dims or DEFAULT_DIMS[self.study])
     ratios = tuple(self.ratios or DEFAULT_RATIOS.get(self.study, ()))
-    if self.study in ("dense", "gap"):
+    if self.study in ("dense", "gap", "conv"):
       validate.positive_floats("ratios", ratios)
+    validate.positive_float("conv_ratio", self.conv_ratio)
     if self.study == "sparse" and not self.keep_probs:
       raise validate.ConfigError("keep_probs needs at least one entry")
     for p in self.keep_probs:
       validate.probability("keep probability p", p)
-    for name in ("seeds", "steps", "test_points"):
+    for name in ("seeds", "steps", "test_points", "train_steps"):
       validate.positive_int(name, getattr(self, name))
     validate.prng_seed("seed", self.seed)
     validate.at_most("seeds", self.seeds, MAX_SEEDS, "every seed is solved one after another")
@@ -101,6 +117,7 @@ class Config:
       validate.at_most(f"the number of {name}", len(values), validate.MAX_SWEEP,
                        "each is a row of the study")
     validate.non_negative_int("devices", self.devices)
+    validate.non_negative_int("conv_scale_channels", self.conv_scale_channels)
     validate.positive_float("radius", self.radius)
     validate.positive_float("learning_rate", self.learning_rate)
     if self.study == "gap" and len(dims) != 1:
@@ -135,11 +152,16 @@ def cases(config: Config) -> list[dict[str, Any]]:
   elif config.study == "scale":
     out = [{"d": d, "solver": s} for d in config.dims
            for s in (("cg", "lstsq") if _scale_has_lstsq(d) else ("cg",))]
+  elif config.study == "conv":
+    out = [{"part": "phase", "c": c, "ratio": r} for c in config.dims for r in config.ratios]
+    out += [{"part": "trained", "dtype": t} for t in ("float64", "float32")]
+    if config.conv_scale_channels:
+      out.append({"part": "scale", "c": config.conv_scale_channels})
   else:
     out = [{"ratio": r, "method": k} for r in config.ratios for k in GAP_METHODS]
     for r in config.ratios:
       reconstruct_rows.gap_spec(config, r)
-  for case in out:
+  for case in out if config.study != "conv" else ():
     d, m = case.get("d"), _lstsq_width(config, case)
     if m and d * d * m > construct.LSTSQ_MAX_ENTRIES:
       raise validate.ConfigError(
@@ -177,6 +199,10 @@ def estimate_bytes(config: Config, devices: int) -> int:
     Bytes.
   """
   need = []
+  if config.study == "conv":   # the scale row's block and probe activations (float32), or small
+    m = 2 * 9 * config.conv_scale_channels ** 2
+    return max(256 << 20, 4 * (4 * 9 * config.conv_scale_channels * m
+                               + 2 * construct_conv.PROBE_ACTIVATIONS))
   for case in cases(config):
     if config.study == "gap" and case["method"] != "construction":
       spec = reconstruct_rows.gap_spec(config, case["ratio"], case["method"])
@@ -230,6 +256,14 @@ def _plot(config: Config, rows, path: str) -> None:
     plots.lines(path, series, xlabel="coverage estimate max(d², ln(d²)/p²)",
                 ylabel="measured m* (median over seeds)", diagonal=True,
                 title=f"sparse blocks, p in {list(config.keep_probs)}, {config.seeds} seeds")
+  elif config.study == "conv":
+    phase = [r for r in rows if r.get("part") == "phase"]   # (the scale row is in the table)
+    series = {f"3x3 {c}->{c + 1}": ([r["width_ratio"] for r in phase if r["d"] == c],
+                                    [r["success"] for r in phase if r["d"] == c])
+              for c in config.dims}
+    plots.lines(path, series, xlabel="width ratio m / (k^2 c_in c_out)",
+                ylabel=f"success fraction (rel. error < {reconstruct_rows.SUCCESS_TOL:g}, float64)",
+                title=f"conv blocks, {config.seeds} seeds", logx=False, logy=False)
   elif config.study == "scale":
     series = {s: ([r["d"] for r in rows if r["solver"] == s],
                   [r["seconds"] for r in rows if r["solver"] == s]) for s in ("cg", "lstsq")}
@@ -257,7 +291,9 @@ def table(rows: Sequence[dict[str, Any]], timings: Optional[dict[str, Any]] = No
     The table.
   """
   rows = with_timings(rows, timings)
-  extra = [k for k in ("method", "coverage_estimate", "nnz_over_target_params", "iterations",
+  extra = [k for k in ("part", "dtype", "identical_predictions", "target_accuracy",
+                       "rebuilt_accuracy", "frozen_params", "tuned_params", "target_params",
+                       "method", "coverage_estimate", "nnz_over_target_params", "iterations",
                        "residual", "gflops", "peak_fraction", "cg_speedup")
            if any(k in r for r in rows)]
   cols = list(COLUMNS[1:]) + extra
@@ -303,11 +339,15 @@ def run(config: Config, workdir: str,
       fitted = config.study == "gap" and case["method"] != "construction"
       if fitted:   # chunks of its own, checkpointed inside the fit
         row, timing = reconstruct_rows.gap_fit(config, case, run_.fit_slot(unit))
-      elif config.study == "scale":
+      elif config.study == "scale" or case.get("part") == "scale":
         if "matmul_peak_gflops" not in run_.timings:
           run_.timings["matmul_peak_gflops"] = round(peak.matmul_peak_gflops(), 2)
           logging.info("float32 matmul peak: %.1f GFLOP/s", run_.timings["matmul_peak_gflops"])
-        row, timing = reconstruct_rows.scale(config, case, run_.timings["matmul_peak_gflops"])
+        row, timing = (conv_rows.scale if config.study == "conv" else reconstruct_rows.scale)(
+            config, case, run_.timings["matmul_peak_gflops"])
+      elif config.study == "conv":
+        row, timing = {"phase": conv_rows.phase, "trained": conv_rows.trained}[case["part"]](
+            config, case)
       else:
         row, timing = {"dense": reconstruct_rows.dense, "sparse": reconstruct_rows.sparse,
                        "gap": reconstruct_rows.gap_construction}[config.study](config, case)

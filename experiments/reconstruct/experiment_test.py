@@ -122,6 +122,22 @@ def test_scale_study_runs_cg_and_lstsq(tmp_path):
   assert "cg_speedup" in reconstruct.table(rows, timings)
 
 
+def test_conv_study_shows_the_transition_and_rebuilds_the_trained_cnn(tmp_path):
+  rows = _run(tmp_path, reconstruct.Config(study="conv", dims=(1,), ratios=(0.9, 1.0), seeds=1,
+                                           train_steps=30, conv_scale_channels=4))
+  phase, trained, scale = rows[:2], rows[2:4], rows[4]
+  assert scale["part"] == "scale" and scale["width"] == 2 * 9 * 16 and scale["success"] == 1
+  timings = json.loads((tmp_path / "timings.json").read_text())
+  assert timings["4"]["gflops"] > 0 and timings["matmul_peak_gflops"] > 0
+  assert [r["success"] for r in phase] == [0.0, 1.0] and phase[1]["width"] == 18   # 3*3*1*2
+  assert [r["dtype"] for r in trained] == ["float64", "float32"]
+  for r in trained:
+    assert r["study"] == "conv" and r["identical_predictions"] == 1.0
+    assert r["rebuilt_accuracy"] == r["target_accuracy"] > 0.5
+    assert r["frozen_params"] > r["target_params"] > 0 and r["tuned_params"] > 0
+  assert trained[0]["rel_error"] <= 1e-9 and trained[1]["rel_error"] <= 1e-3
+
+
 def test_gap_study_compares_construction_and_adam_and_resumes_inside_a_fit(tmp_path):
   config = reconstruct.Config(study="gap", dims=(2,), ratios=(1.0,), seeds=2, steps=20,
                               test_points=100)
