@@ -353,7 +353,7 @@ def solver_failure(i, m, n, solver, residual, tol, rank=None, iterations=None, s
 
 def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
                 tol: float | None = None, maxiter: int | None = None,
-                allow_inexact: bool = False) -> Reconstruction:
+                allow_inexact: bool = False, measure: bool = True) -> Reconstruction:
   """Norm parameters with which the frozen network equals the target on a domain.
 
   Not jittable (it validates, picks solvers and raises on values); the `cg`
@@ -380,6 +380,9 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     maxiter: `cg` iteration cap, default `krylov.default_maxiter`.
     allow_inexact: keep the least-squares fit of blocks that cannot be exact
       (width below `d_i d_{i-1}`, rank-deficient) instead of raising.
+    measure: measure the rebuilt network on the probe set (else `network_error`
+      is None and `exact` False: for a caller that measures a larger network
+      built from these blocks, as `reconstruct_conv` does).
 
   Returns:
     A `Reconstruction`; the working dtype is that of the target and frozen
@@ -433,8 +436,10 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     betas += [jnp.asarray(beta1.astype(np_dtype)), jnp.asarray(beta2.astype(np_dtype))]
     reports.append(BlockReport(i + 1, use, m, n, residual, rank, iterations,
                                float(max_shift), float(in_radius), bool(exact)))
-  error = network_error(target, frozen, gammas, betas, radius=radius, data=data, dtype=dtype)
   net_tol = tolerances(dtype).network
+  if not measure:
+    return Reconstruction(tuple(gammas), tuple(betas), tuple(reports), frozen, None, net_tol)
+  error = network_error(target, frozen, gammas, betas, radius=radius, data=data, dtype=dtype)
   if not error <= net_tol and not allow_inexact:
     raise ValueError(
         f"the rebuilt network is off by {error:.3g} (relative, on {PROBE_POINTS} probe inputs of "

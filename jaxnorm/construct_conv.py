@@ -105,22 +105,47 @@ def _conv(x, kernel, stride, padding):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _static(op):
+  """What a compiled program depends on: an op's kind, shapes, stride and padding (no values)."""
+  if isinstance(op, Conv):
+    return ("conv", tuple(np.shape(op.kernel)), int(op.stride), op.padding)
+  if isinstance(op, Dense):
+    return ("dense", tuple(np.shape(op.kernel)))
+  return op   # pooling and flatten: small hashable tuples
+
+
+def _kind(op) -> str:
+  """`"conv"`, `"dense"`, `"pool"` or `"flatten"` of a `_static` entry."""
+  if isinstance(op, (AvgPool, MaxPool)):
+    return "pool"
+  return "flatten" if isinstance(op, Flatten) else op[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _target_program(structure):
+  """One jitted program per target structure: `(weights, x) -> outputs`."""
+  last = max(i for i, op in enumerate(structure) if _kind(op) in ("conv", "dense"))
+
+  def run(weights, x):
+    weights = iter(weights)
+    for i, op in enumerate(structure):
+      if _kind(op) in ("conv", "dense"):
+        kernel, bias = (jnp.asarray(a, x.dtype) for a in next(weights))
+        x = (_conv(x, kernel, op[2], op[3]) if op[0] == "conv" else x @ kernel) + bias
+        if i < last:
+          x = jax.nn.relu(x)
+      elif isinstance(op, (AvgPool, MaxPool)):
+        x = _pool(x, op)
+      else:
+        x = _flatten(x)
+    return x
+  return jax.jit(run)
+
+
 def apply_target(layers: Sequence, x: jax.Array) -> jax.Array:
   """Runs a target CNN (`Conv`, `Dense`, `AvgPool`, `MaxPool`, `Flatten` ops) on `[n, H, W, C]`."""
-  last = max(i for i, op in enumerate(layers) if isinstance(op, (Conv, Dense)))
-  for i, op in enumerate(layers):
-    if isinstance(op, Conv):
-      x = _conv(x, jnp.asarray(op.kernel, x.dtype), op.stride, op.padding) + jnp.asarray(
-          op.bias, x.dtype)
-    elif isinstance(op, Dense):
-      x = x @ jnp.asarray(op.kernel, x.dtype) + jnp.asarray(op.bias, x.dtype)
-    elif isinstance(op, (AvgPool, MaxPool)):
-      x = _pool(x, op)
-    else:
-      x = _flatten(x)
-    if isinstance(op, (Conv, Dense)) and i < last:
-      x = jax.nn.relu(x)
-  return x
+  weights = tuple((op.kernel, op.bias) for op in layers if isinstance(op, (Conv, Dense)))
+  return _target_program(tuple(_static(op) for op in layers))(weights, x)
 
 
 def patches(x: np.ndarray, k: int, stride: int, padding: str) -> np.ndarray:
@@ -170,41 +195,48 @@ class ConvReconstruction:
 
   def model(self) -> nn.Sequential:
     """The rebuilt CNN as a plain Flax linen model (apply with `variables()`, no jaxnorm code)."""
-    return _plain_cnn(self.layers, [w1.shape[-1] for w1, _ in self.frozen])
+    return _plain_cnn(tuple(_static(op) for op in self.layers),
+                      tuple(int(w1.shape[-1]) for w1, _ in self.frozen))
 
   def variables(self) -> dict:
     """`{"params", "batch_stats"}` of `model()`: the frozen kernels, the norms as BatchNorms."""
-    return _plain_variables(self.model(), self.layers, self.frozen, self.gammas, self.betas)
+    return _plain_variables(self.model(), self.frozen, self.gammas, self.betas)
 
   def apply(self, x: jax.Array) -> jax.Array:
-    """The rebuilt CNN on images `[n, H, W, C]` (one compiled program per call)."""
-    return jax.jit(self.model().apply)(self.variables(), x)
+    """The rebuilt CNN on images `[n, H, W, C]` (compiled once per structure and shape)."""
+    return _model_program(self.model())(self.variables(), x)
 
 
-def _plain_cnn(layers, widths) -> nn.Sequential:
+@functools.lru_cache(maxsize=64)
+def _plain_cnn(structure, widths) -> nn.Sequential:
   ops = []
   blocks = iter(widths)
-  last = max(i for i, op in enumerate(layers) if isinstance(op, (Conv, Dense)))
-  for i, op in enumerate(layers):
+  last = max(i for i, op in enumerate(structure) if _kind(op) in ("conv", "dense"))
+  for i, op in enumerate(structure):
     bn = lambda: nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON)
-    if isinstance(op, Conv):
-      k, c_out = np.shape(op.kernel)[0], np.shape(op.kernel)[-1]
-      ops += [nn.Conv(next(blocks), (k, k), strides=(op.stride, op.stride), padding=op.padding,
+    if _kind(op) == "conv":
+      (k, _, _, c_out), stride, padding = op[1], op[2], op[3]
+      ops += [nn.Conv(next(blocks), (k, k), strides=(stride, stride), padding=padding,
                       use_bias=False), bn(), nn.relu,
               nn.Conv(c_out, (1, 1), use_bias=False), bn()]
-    elif isinstance(op, Dense):
+    elif _kind(op) == "dense":
       ops += [nn.Dense(next(blocks), use_bias=False), bn(), nn.relu,
-              nn.Dense(np.shape(op.kernel)[-1], use_bias=False), bn()]
+              nn.Dense(op[1][-1], use_bias=False), bn()]
     elif isinstance(op, (AvgPool, MaxPool)):
       ops.append(functools.partial(_pool, op=op))
     else:
       ops.append(_flatten)
-    if isinstance(op, (Conv, Dense)) and i < last:
+    if _kind(op) in ("conv", "dense") and i < last:
       ops.append(nn.relu)
-  return nn.Sequential(ops)
+  return nn.Sequential(tuple(ops))
 
 
-def _plain_variables(model, layers, frozen, gammas, betas):
+@functools.lru_cache(maxsize=64)
+def _model_program(model):
+  return jax.jit(model.apply)
+
+
+def _plain_variables(model, frozen, gammas, betas):
   kernels = [w for pair in frozen for w in pair]
   modules = [i for i, op in enumerate(model.layers) if isinstance(op, nn.Module)]
   params, stats = {}, {}
@@ -219,7 +251,6 @@ def _plain_variables(model, layers, frozen, gammas, betas):
       g, b = jnp.asarray(gammas[j]), jnp.asarray(betas[j])
       params[name] = {"scale": g * jnp.sqrt(jnp.asarray(1.0 + BN_EPSILON, g.dtype)), "bias": b}
       stats[name] = {"mean": jnp.zeros_like(g), "var": jnp.ones_like(g)}
-  del layers
   return {"params": params, "batch_stats": stats}
 
 
@@ -364,15 +395,18 @@ def reconstruct_conv(layers: Sequence, frozen: Sequence, *, radius: Optional[flo
       cast = lambda a: jnp.asarray(a, dtype)
       try:
         rec = construct.reconstruct([(cast(t_mat), cast(bias))], [cast(w_in), cast(w_out)],
-                                    solver=solver, allow_inexact=allow_inexact, **dom)
+                                    solver=solver, allow_inexact=allow_inexact,
+                                    measure=False, **dom)   # the whole CNN is measured below
       except ValueError as e:
         raise ValueError(str(e).replace("block 1", f"block {b + 1} ({_describe(op)})", 1)) from None
       g1, g2 = (np.asarray(g, np.float64) for g in rec.gammas)
       gammas += list(rec.gammas)
       betas += list(rec.betas)
       reports.append(rec.blocks[0]._replace(block=b + 1))
-      realised = ((w_out.astype(np.float64) * g1) @ w_in.astype(np.float64)) * g2[:, None]
       b += 1
+      if b == len(blocks):
+        break   # the last block: nothing after it needs its outputs' domain
+      realised = ((w_out.astype(np.float64) * g1) @ w_in.astype(np.float64)) * g2[:, None]
       if isinstance(op, Conv):
         if h is not None:
           h = np.asarray(_conv(jnp.asarray(h, dtype), cast(realised.T.reshape(kernel.shape)),
@@ -385,7 +419,7 @@ def reconstruct_conv(layers: Sequence, frozen: Sequence, *, radius: Optional[flo
         else:
           r = np.linalg.norm(realised, 2) * r + np.linalg.norm(bias)
       if h is not None:
-        h = np.maximum(h, 0)   # (after the last layer h is no longer used)
+        h = np.maximum(h, 0)
     elif isinstance(op, (AvgPool, MaxPool)):
       if h is not None:
         h = np.asarray(_pool(jnp.asarray(h), op), np.float64)
@@ -428,7 +462,7 @@ def _network_error(result, radius, data, input_shape, dtype) -> float:
   widest = max(w1.shape[-1] for w1, _ in result.frozen) * input_shape[0] * input_shape[1]
   n = int(np.clip(PROBE_ACTIVATIONS // widest, 8, 512))
   x = jnp.asarray(probe_images(input_shape, radius=radius, data=data, n=n), dtype)
-  want = np.asarray(jax.jit(functools.partial(apply_target, result.layers))(x), np.float64)
+  want = np.asarray(apply_target(result.layers, x), np.float64)
   got = np.asarray(result.apply(x), np.float64)
   scale = np.linalg.norm(want)
   err = np.linalg.norm(got - want)

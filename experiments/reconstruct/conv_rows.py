@@ -132,7 +132,7 @@ def phase(config, case: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
       seconds += time.perf_counter() - start
       x = cc.probe_images((*PHASE_IMAGE, c), radius=config.radius,
                           seed=int(jax.random.randint(kx, (), 0, 2 ** 30)))
-      want = jax.jit(functools.partial(cc.apply_target, target))(jnp.asarray(x))
+      want = cc.apply_target(target, jnp.asarray(x))
       errors.append(_max_rel(rec.apply(jnp.asarray(x)), want))
   errors = np.asarray(errors)
   row = {"study": "conv", "part": "phase", "d": c, "p": 1.0, "width": m,
@@ -163,7 +163,7 @@ def trained(config, case: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     seconds = time.perf_counter() - start
     x = jnp.asarray(images[test], dtype)
     got = np.asarray(rec.apply(x), np.float64)
-    want = np.asarray(jax.jit(functools.partial(cc.apply_target, cast))(x), np.float64)
+    want = np.asarray(cc.apply_target(cast, x), np.float64)
   y = labels[test]
   per_image = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
   frozen_params = int(sum(w1.size + w2.size for w1, w2 in frozen))
