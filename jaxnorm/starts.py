@@ -282,8 +282,8 @@ def _read_from_queries(method, run, state, widths, seeds):
     try:
       got = extract_lib.extract_mlp(f, widths[0], widths[-1], radius,
                                     seed=int(np.asarray(keys[i]).ravel()[-1]))
-    except extract_lib.ExtractionError as e:
-      error = str(e)
+    except (extract_lib.ExtractionError, np.linalg.LinAlgError) as e:   # that seed takes a student
+      error = f"{type(e).__name__}: {e}"
     if got is not None:
       layers = extract_lib.pad_layers(got.layers, widths)
       out = models.apply_target(got.layers, x)
@@ -295,7 +295,7 @@ def _read_from_queries(method, run, state, widths, seeds):
     read["source"].append("queries" if layers is not None else "student")
     read["queries"].append(0 if got is None else got.queries)
     read["widths"].append(None if got is None else list(got.widths))
-    read["read_loss"].append(loss)
+    read["read_loss"].append(None if got is None else loss)
     read["error"].append(error)
   read["loss"] = np.array(read["loss"], np.float64)
   done = [l for l, src in zip(read["read_loss"], read["source"]) if src == "queries"]

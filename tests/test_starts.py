@@ -95,3 +95,15 @@ def test_extract_reads_a_depth_3_black_box_from_queries_without_fitting_students
   assert result.start_report["construction"]["exact_seeds"] == 2
   assert (result.rel_mse <= 1e-8).all(), result.rel_mse
   assert any("extract: 2/2 seeds read from queries" in r.getMessage() for r in caplog.records)
+
+
+def test_each_seed_keeps_the_read_mlp_only_where_it_fits_at_least_as_well_as_the_student():
+  from jaxnorm import starts  # pylint: disable=g-import-not-at-top
+  student = [(np.zeros((3, 2, 4)), np.zeros((3, 2))), (np.zeros((3, 1, 2)), np.zeros((3, 1)))]
+  mlp = lambda v: [(np.full((2, 4), v), np.full(2, v)), (np.full((1, 2), v), np.full(1, v))]
+  read = {"layers": [mlp(1.0), None, mlp(3.0)], "loss": np.array([1e-9, np.inf, 1e-2]),
+          "source": ["queries", "student", "queries"]}
+  layers, loss = starts._choose(read, student, np.array([1e-3, 1e-3, 1e-3]), 3)
+  assert read["source"] == ["queries", "student", "student"]   # seed 2's student fits better
+  np.testing.assert_array_equal(loss, [1e-9, 1e-3, 1e-3])
+  np.testing.assert_array_equal(np.asarray(layers[0][0])[:, 0, 0], [1.0, 0.0, 0.0])
