@@ -200,8 +200,8 @@ def check_spec(spec: FitSpec) -> FitSpec:
         f"output_norm={spec.output_norm} must be left out")
   if spec.optimizer in STUDENTS and (spec.norm != "affine" or spec.init != "standard"):
     raise validate.ConfigError(
-        f"optimizer={spec.optimizer} constructs affine norms from its student: it needs norm=affine and "
-        f"init=standard, got norm={spec.norm}, init={spec.init}")
+        f"optimizer={spec.optimizer} constructs affine norms from its student: it needs "
+        f"norm=affine and init=standard, got norm={spec.norm}, init={spec.init}")
   if spec.optimizer == "construct" and (spec.norm, spec.init, spec.input_distribution) != (
       "affine", "standard", "ball"):
     raise validate.ConfigError(

@@ -259,7 +259,7 @@ class Regression:
     return self.target(x)
 
   def target_outputs(self, consts, own_target, x):
-    """The target's outputs on `x` (a black-box query; `own_target`: the seed's `state["target"]`)."""
+    """The target's outputs on `x`: one black-box query (`own_target`: the seed's target state)."""
     return self._apply(consts, own_target, x)
 
   def draw(self, key, n):

@@ -133,7 +133,7 @@ def phase(config, case: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
       x = cc.probe_images((*PHASE_IMAGE, c), radius=config.radius,
                           seed=int(jax.random.randint(kx, (), 0, 2 ** 30)))
       want = cc.apply_target(target, jnp.asarray(x))
-      errors.append(_max_rel(rec.apply(jnp.asarray(x)), want))
+      errors.append(rows.max_rel_error(rec.apply(jnp.asarray(x)), want))
   errors = np.asarray(errors)
   row = {"study": "conv", "part": "phase", "d": c, "p": 1.0, "width": m,
          "width_ratio": round(m / need, 6), "rel_error": float(np.median(errors)),
@@ -142,12 +142,6 @@ def phase(config, case: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
   logging.info("conv phase %dx%d %d->%d ratio %.3g: success %.2f, median error %.3g", k, k, c,
                c + 1, m / need, row["success"], row["rel_error"])
   return row, {"seconds": round(seconds, 4)}
-
-
-def _max_rel(got, want) -> float:
-  """max |g - f| / max |f| over every output (as the dense study measures)."""
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
 def trained(config, case: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

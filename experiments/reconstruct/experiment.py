@@ -161,7 +161,7 @@ def cases(config: Config) -> list[dict[str, Any]]:
     out = [{"ratio": r, "method": k} for r in config.ratios for k in GAP_METHODS]
     for r in config.ratios:
       reconstruct_rows.gap_spec(config, r)
-  for case in out if config.study != "conv" else ():
+  for case in out:
     d, m = case.get("d"), _lstsq_width(config, case)
     if m and d * d * m > construct.LSTSQ_MAX_ENTRIES:
       raise validate.ConfigError(

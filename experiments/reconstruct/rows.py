@@ -72,6 +72,12 @@ def _test_points(key, n: int, d: int, radius: float) -> np.ndarray:
   return np.concatenate([x[:n // 2], sphere])
 
 
+def max_rel_error(got, want) -> float:
+  """max |g - f| / max |f| over every output: the error every study's rows report."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
 def _rel_error(rec: construct.Reconstruction, target, x) -> float:
   """max |g(x) - f(x)| / max |f(x)|; g in the reconstruction's dtype, on the host."""
   dtype = np.dtype(rec.frozen[0].dtype)
@@ -83,7 +89,7 @@ def _rel_error(rec: construct.Reconstruction, target, x) -> float:
   for k, (w, b) in enumerate(target):
     want = want @ np.asarray(w, np.float64).T + np.asarray(b, np.float64)
     want = np.maximum(want, 0) if k < len(target) - 1 else want
-  return float(np.max(np.abs(h - want)) / np.max(np.abs(want)))
+  return max_rel_error(h, want)
 
 
 def _seed_keys(config, *ids):
