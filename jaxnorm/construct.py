@@ -197,9 +197,14 @@ def _real(value):
 
 
 def _all_finite(a) -> bool:
-  """Whether every entry of `a` is finite (reduced where the array lives: one bool comes back)."""
-  a = jnp.asarray(a)
-  return not jnp.issubdtype(a.dtype, jnp.inexact) or bool(jnp.all(jnp.isfinite(a)))
+  """Whether every entry of `a` is finite: reduced where the array lives when that is an
+  accelerator or other processes' devices (one bool comes back), else with numpy on the host
+  (nothing to compile)."""
+  if isinstance(a, jax.Array) and (not a.is_fully_addressable
+                                   or any(d.platform != "cpu" for d in a.devices())):
+    return not jnp.issubdtype(a.dtype, jnp.inexact) or bool(jnp.all(jnp.isfinite(a)))
+  a = np.asarray(a)
+  return not np.issubdtype(a.dtype, np.inexact) or bool(np.isfinite(a).all())
 
 
 def check_args(target, frozen, radius, data, solver, tol, maxiter, lead=()):
@@ -322,7 +327,8 @@ def block_norms(xp, w_in, w_out, gamma, bias, realised, radius, h):
     `(beta_{2i-1}, beta_{2i}), next radius, next data, (max |beta|, input radius)`.
   """
   if h is None:
-    beta1 = xp.abs(gamma) * xp.linalg.norm(w_in, axis=1).astype(gamma.dtype) * radius
+    norms = xp.sqrt(xp.einsum("ij,ij->i", w_in, w_in))   # ||W_in[j]||, no [m, d_in] temporary
+    beta1 = xp.abs(gamma) * norms.astype(gamma.dtype) * radius
     next_radius = xp.linalg.norm(realised, 2) * radius + xp.linalg.norm(bias)
     in_radius, next_h = radius, None
   else:

@@ -19,7 +19,9 @@ One iteration is one product with `K` and one with `K^T`, `4 m d_out d_in` flops
 
 Layout: both products run as row-major GEMMs. `K gamma` contracts over the
 long axis `m` as a `lax.scan` over chunks of `W_out` (`[d_out, mc]`) times
-`W_in[c, :]`; the two re-laid-out copies of `W_out` are made once per solve,
+`W_in[c, :]` (both chunks together about `_CHUNK_BYTES`); `K^T y` is one GEMM
+contracting the longer of `d_out`, `d_in` (`W_in y^T`, `[m, d_out]`, dotted
+row by row with `W_out^T` when `d_in > d_out`), then a row-wise dot; the two re-laid-out copies of `W_out` are made once per solve,
 behind `lax.optimization_barrier` so that XLA keeps that layout. No
 preconditioner is used (why, and the measurements behind the layout, are in
 WORKSPACE.md, "Implementation notes").
@@ -178,19 +180,19 @@ def solve_min_norm(w_in: jax.Array, w_out: jax.Array, target: jax.Array, *,
   return _cgls(w_in, w_out, target, tol, int(maxiter), float(stationary_tol), _CHUNK_BYTES)
 
 
-_CHUNK_BYTES = 2 << 20   # of W_out per GEMM of `K gamma` (best measured: 2 MB at d = 128, 256)
+_CHUNK_BYTES = 4 << 20   # of W_out and W_in together per GEMM of `K gamma` (see WORKSPACE.md)
 
 
-def _chunk_size(m: int, d_out: int, itemsize: int, chunk_bytes: int) -> int:
-  """Columns per chunk of `K gamma`."""
-  return int(max(min(m, chunk_bytes // max(d_out * itemsize, 1)), 1))
+def _chunk_size(m: int, d_out: int, d_in: int, itemsize: int, chunk_bytes: int) -> int:
+  """Columns per chunk of `K gamma`: `W_out[:, c]` and `W_in[c, :]` within `chunk_bytes`."""
+  return int(max(min(m, chunk_bytes // max((d_out + d_in) * itemsize, 1)), 1))
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
 def _cgls(w_in, w_out, target, tol, maxiter, stationary_tol, chunk_bytes):
   m, d_in = w_in.shape
   d_out = w_out.shape[0]
-  mc = _chunk_size(m, d_out, w_in.dtype.itemsize, chunk_bytes)
+  mc = _chunk_size(m, d_out, d_in, w_in.dtype.itemsize, chunk_bytes)
   nc = -(-m // mc)
   pad = nc * mc - m
   if pad:  # zero columns: they get gamma = 0 and change nothing else.
@@ -212,8 +214,10 @@ def _cgls(w_in, w_out, target, tol, maxiter, stationary_tol, chunk_bytes):
     acc0 = jnp.zeros((d_out, d_in), w_in.dtype)
     return lax.scan(step, acc0, (w_out_c, w_in_c, g.reshape(nc, 1, mc)))[0]
 
-  def kt_mul(y):     # K^T y: [m, d_out] @ [d_out, d_in], then a row-wise dot with W_in.
-    return jnp.sum((w_out_t @ y) * w_in, axis=1)
+  def kt_mul(y):     # K^T y: one GEMM contracting the longer of d_out, d_in, then a row-wise dot.
+    if d_in > d_out:   # [m, d_in] @ [d_in, d_out], dotted with W_out^T row by row
+      return jnp.sum((w_in @ y.T) * w_out_t, axis=1)
+    return jnp.sum((w_out_t @ y) * w_in, axis=1)   # [m, d_out] @ [d_out, d_in], with W_in
 
   b_sq = _dot(target, target)
   r_stop = tol ** 2 * b_sq

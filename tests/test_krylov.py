@@ -31,11 +31,14 @@ def test_solve_min_norm_vmaps_over_seeds():
 
 
 def test_chunked_and_padded_product_is_the_same(monkeypatch):
-  """`K gamma` runs in chunks of columns, zero-padded to a multiple: same answer."""
+  """`K gamma` runs in chunks of columns, zero-padded to a multiple: same answer.
+
+  (d_in < d_out here: `K^T y` contracts over d_out; the float64 tests below have
+  d_in > d_out, the other layout.)"""
   rng = Rng(23)
   w_in, w_out, t = (rng.normal(s, np.float32) for s in ((26, 2), (3, 26), (3, 2)))
-  monkeypatch.setattr(krylov, "_CHUNK_BYTES", 3 * 4 * 7)   # 7 columns a chunk: 4 chunks, 2 padded
-  assert krylov._chunk_size(26, 3, 4, krylov._CHUNK_BYTES) == 7
+  monkeypatch.setattr(krylov, "_CHUNK_BYTES", (3 + 2) * 4 * 7)   # 7 columns: 4 chunks, 2 padded
+  assert krylov._chunk_size(26, 3, 2, 4, krylov._CHUNK_BYTES) == 7
   solve = functools.partial(krylov.solve_min_norm, tol=1e-6)
   assert "length=4" in str(jax.make_jaxpr(solve)(w_in, w_out, t))   # the chunk scan
   chunked = solve(w_in, w_out, t)
