@@ -1,16 +1,20 @@
-r"""Benchmark fitting S seeds: jaxnorm vmapped vs one at a time vs lax.map vs a PyTorch peer.
+r"""Benchmark fitting S seeds: jaxnorm vs one at a time, lax.map, hand-written JAX and PyTorch.
 
   python -m experiments.bench_fit --workdir=/tmp/bench_fit
   python -m experiments.bench_fit --workdir=/tmp/bench_small --config=small
   python -m experiments.bench_fit --workdir=/tmp/bench_large --settings=large --large_width=4096
+  python -m experiments.bench_fit --workdir=/tmp/bench_gpu --preset=gpu   # on an accelerator
 
 Two settings by default: `small` (--seeds, --target_widths, --width,
 --batch_size, --steps, --seed_chunk) and `large` (the same flags prefixed with
-`large_`). Prints, per setting, seconds, seed-steps/s, GFLOP/s, the share of
-the measured float32 matmul peak and jaxnorm's speed-up over each method, then
-the ratios; writes results.json into --workdir. The PyTorch peer runs when
-torch is installed (`pip install -e ".[bench]"`), else it is skipped. Every
-flag below overrides the field of the named --config.
+`large_`). Prints, per setting, the roofline, then per method seconds (end to
+end and steps alone, and the first call's, compilation included),
+seed-steps/s, GFLOP/s, the share of the measured float32 matmul peak and of
+the roofline, and jaxnorm's speed-up over each method, then the ratios and
+goals; writes results.json into --workdir. The PyTorch peers run when torch
+is installed (its CPU build: `pip install torch==2.13.0 --index-url
+https://download.pytorch.org/whl/cpu`), else they are skipped. Every flag
+below overrides the field of the named --config.
 """
 
 import signal
@@ -55,6 +59,11 @@ def main(argv):
           f"width={s['width']} batch={s['batch_size']} steps={s['steps']} "
           f"seed_chunk={s['seed_chunk']}; best matmul peak {res['matmul_peak_gflops']} GFLOP/s; "
           f"jaxnorm = {res['jaxnorm_method']}")
+    roof = res["roofline"]
+    print(f"roofline: {res['flops_per_seed_step']:.4g} flop and {res['bytes_per_seed_step']:.4g} "
+          f"bytes per seed-step (intensity {roof['intensity']} flop/B; ridge {roof['ridge']} at "
+          f"{res['memory_bandwidth_gbs']} GB/s): at most {roof['attainable_gflops']} GFLOP/s, "
+          f"{roof['bound']}-bound")
     print(bench_fit.table(results, name))
     print("ratios (jaxnorm throughput / other; peak_fraction = jaxnorm GFLOP/s / paired peak):",
           res["ratios"])

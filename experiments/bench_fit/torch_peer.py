@@ -63,6 +63,9 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
+KINDS = ("vmap", "bmm", "compile")   # see `build` and `Stacked`
+
+
 class PeerResult(NamedTuple):
   """A torch fit of S seeds.
 
@@ -71,11 +74,13 @@ class PeerResult(NamedTuple):
     loss_curve: mean training relative MSE of each chunk of `chunk_steps`, `[S, n_chunks]`.
     rel_mse: held-out relative MSE per seed, `[S]`.
     threads: torch intra-op threads used.
+    steps_seconds: wall time of the steps alone.
   """
   seconds: float
   loss_curve: np.ndarray
   rel_mse: np.ndarray
   threads: int
+  steps_seconds: float = math.nan
 
 
 def _modules(torch):
@@ -192,6 +197,119 @@ class Peer:
     return {name: p.detach().numpy().copy() for name, p in self.trainable.items()}
 
 
+class Stacked:
+  """The same S seeds as a `Peer`, stepped by one hand-written function of stacked tensors.
+
+  What a PyTorch expert writes for speed: the frozen weights stacked `[S, in,
+  out]` and multiplied with `torch.bmm`, the norms a tuple of `[S, width]`
+  tensors, the gradient from `torch.func.grad` of the summed per-seed losses
+  with respect to the norms only, and Adam (torch's formula: bias-corrected
+  step size over `sqrt(v) / sqrt(1 - beta2^t) + eps`) written out with the
+  cosine learning rate, all in one function of tensors. `kind="bmm"` runs it
+  eagerly; `kind="compile"` runs `torch.compile` of the whole step (forward,
+  backward and update in one graph; inputs are drawn eagerly outside it, the
+  learning rate and bias corrections come in as a tensor so that nothing
+  recompiles). The compiled step is cached per process and layer count, as
+  jaxnorm's programs are; its compilation happens on the first step.
+  """
+
+  def __init__(self, peer: "Peer", kind: str):
+    torch = peer.torch
+    self.torch, self.spec, self.peer = torch, peer.spec, peer
+    n = len(peer.spec.network_widths) - 1
+    self.kernels = tuple(peer.frozen[f"dense.{k}.weight"].transpose(1, 2).contiguous()
+                         for k in range(n))
+    self.targets = tuple((peer.target_params[f"dense.{k}.weight"].transpose(1, 2).contiguous(),
+                          peer.target_params[f"dense.{k}.bias"])
+                         for k in range(len(peer.spec.target_widths) - 1))
+    self.norms = tuple(peer.trainable[f"norm.{k}.{p}"].detach().clone()
+                       for p in ("scale", "bias") for k in range(n))
+    self.m = tuple(torch.zeros_like(p) for p in self.norms)
+    self.v = tuple(torch.zeros_like(p) for p in self.norms)
+    self.t = 0
+    self._step = _compiled_step(torch, n) if kind == "compile" else _step_function(torch)
+
+  def step(self, x=None):
+    """One Adam step of every seed; returns the per-seed losses `[S]` before it."""
+    torch, spec = self.torch, self.spec
+    if x is None:
+      x = self.peer.sample()
+    lr = spec.learning_rate
+    if spec.schedule == "cosine":
+      lr = lr * 0.5 * (1.0 + math.cos(math.pi * min(self.t, spec.steps) / spec.steps))
+    self.t += 1
+    hyper = torch.tensor([lr, 1.0 - 0.9 ** self.t, 1.0 - 0.999 ** self.t])
+    self.norms, self.m, self.v, loss = self._step(self.norms, self.m, self.v, hyper,
+                                                  self.kernels, self.targets,
+                                                  self.peer.target_var, x)
+    return loss
+
+  def evaluate(self) -> np.ndarray:
+    """Held-out relative MSE per seed."""
+    torch = self.torch
+    n = len(self.kernels)
+    with torch.no_grad():
+      out = _stacked_net(torch, self.kernels, self.norms[:n], self.norms[n:], self.peer.eval_x)
+      y = _stacked_target(torch, self.targets, self.peer.eval_x)
+      return (((out - y) ** 2).mean(dim=(1, 2)) / (self.peer.target_var + 1e-12)).numpy()
+
+  def norms_dict(self) -> dict[str, np.ndarray]:
+    """The trained norms, named as `Peer.norms()` names them."""
+    n = len(self.kernels)
+    return {f"norm.{k}.{p}": self.norms[i * n + k].detach().numpy().copy()
+            for i, p in enumerate(("scale", "bias")) for k in range(n)}
+
+
+def _stacked_net(torch, kernels, scales, biases, x):
+  last = len(kernels) - 1
+  for k, w in enumerate(kernels):
+    x = torch.addcmul(biases[k].unsqueeze(1), torch.bmm(x, w), scales[k].unsqueeze(1))
+    if k < last:
+      x = torch.relu(x)
+  return x
+
+
+def _stacked_target(torch, targets, x):
+  last = len(targets) - 1
+  for k, (w, b) in enumerate(targets):
+    x = torch.baddbmm(b.unsqueeze(1), x, w)
+    if k < last:
+      x = torch.relu(x)
+  return x
+
+
+def _step_function(torch):
+  """The whole step as one function of tensors (see `Stacked`)."""
+
+  def step(norms, m, v, hyper, kernels, targets, var, x):
+    n = len(kernels)
+    y = _stacked_target(torch, targets, x)
+
+    def loss(norms):
+      out = _stacked_net(torch, kernels, norms[:n], norms[n:], x)
+      per = ((out - y) ** 2).mean(dim=(1, 2)) / (var + 1e-12)
+      return per.sum(), per
+
+    grads, per = torch.func.grad(loss, has_aux=True)(norms)
+    lr, c1, c2 = hyper[0], hyper[1], hyper[2]
+    m = tuple(0.9 * mi + 0.1 * g for mi, g in zip(m, grads))
+    v = tuple(0.999 * vi + 0.001 * g * g for vi, g in zip(v, grads))
+    norms = tuple(p - (lr / c1) * mi / (vi.sqrt() / c2.sqrt() + 1e-8)
+                  for p, mi, vi in zip(norms, m, v))
+    return norms, m, v, per.detach()
+
+  return step
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_step(torch, n_layers: int):
+  if n_layers not in _COMPILED:
+    _COMPILED[n_layers] = torch.compile(_step_function(torch), dynamic=False)
+  return _COMPILED[n_layers]
+
+
 def _ball(torch, shape, radius, generator):
   g = torch.randn(shape, generator=generator)
   u = torch.rand(shape[:-1] + (1,), generator=generator)
@@ -262,7 +380,8 @@ def _from_arrays(torch, params, target_params, arrays):
   return params
 
 
-def fit(spec, num_seeds: int, *, seed: int = 0, threads: Optional[int] = None) -> PeerResult:
+def fit(spec, num_seeds: int, *, seed: int = 0, threads: Optional[int] = None,
+        kind: str = "vmap") -> PeerResult:
   """Fits S seeds' norms for `spec.steps` Adam steps, timed end to end.
 
   Args:
@@ -270,21 +389,29 @@ def fit(spec, num_seeds: int, *, seed: int = 0, threads: Optional[int] = None) -
     num_seeds: S.
     seed: torch RNG seed.
     threads: torch intra-op threads (default `default_threads()`).
+    kind: `"vmap"` (the `Peer`: `torch.func.vmap`, `torch.optim.Adam`), `"bmm"`
+      (`Stacked`, eager) or `"compile"` (`Stacked`, the whole step compiled).
 
   Returns:
     A `PeerResult`; `seconds` covers init, every step and the held-out evaluation.
   """
+  if kind not in KINDS:
+    raise ValueError(f"unknown torch peer kind {kind!r}; expected one of {KINDS}")
   start = time.perf_counter()
   peer = build(spec, num_seeds, seed=seed, threads=threads)
+  runner = peer if kind == "vmap" else Stacked(peer, kind)
   chunk = spec.chunk_steps or spec.steps
   n_chunks = math.ceil(spec.steps / chunk)
   losses = peer.torch.zeros((n_chunks, num_seeds))
+  steps_start = time.perf_counter()
   for i in range(spec.steps):
-    losses[i // chunk] += peer.step()
+    losses[i // chunk] += runner.step()
+  steps_seconds = time.perf_counter() - steps_start
   counts = np.asarray([min(chunk, spec.steps - c * chunk) for c in range(n_chunks)], np.float32)
   curve = losses.numpy().T / counts
-  rel_mse = peer.evaluate()
-  return PeerResult(time.perf_counter() - start, curve, rel_mse, peer.torch.get_num_threads())
+  rel_mse = runner.evaluate()
+  return PeerResult(time.perf_counter() - start, curve, rel_mse, peer.torch.get_num_threads(),
+                    steps_seconds)
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5, threads: Optional[int] = None) -> float:
