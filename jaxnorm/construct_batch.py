@@ -182,8 +182,9 @@ def _batched_block(tol, maxiter, r_axis, h_axis, mesh):
   """A jitted vmap over seeds of (cg solve, shifts) for one block, split over `mesh`."""
 
   def one(w_in, w_out, t, bias, r, h):
-    res = krylov.solve_min_norm(w_in, w_out, t, tol=tol, maxiter=maxiter)
-    return (res,) + block_norms(jnp, w_in, w_out, res.gamma, bias, res.realised, r, h)
+    with jax.default_matmul_precision("highest"):   # shifts bound the real products, on any device
+      res = krylov.solve_min_norm(w_in, w_out, t, tol=tol, maxiter=maxiter)
+      return (res,) + block_norms(jnp, w_in, w_out, res.gamma, bias, res.realised, r, h)
 
   batched = jax.vmap(one, in_axes=(0, 0, 0, 0, r_axis, h_axis))
   if mesh is None:

@@ -469,8 +469,9 @@ def _network_error(result, radius, data, input_shape, dtype) -> float:
   widest = max(w1.shape[-1] for w1, _ in result.frozen) * input_shape[0] * input_shape[1]
   n = int(np.clip(PROBE_ACTIVATIONS // widest, 8, 512))
   x = jnp.asarray(probe_images(input_shape, radius=radius, data=data, n=n), dtype)
-  want = np.asarray(apply_target(result.layers, x), np.float64)
-  got = np.asarray(result.apply(x), np.float64)
+  with jax.default_matmul_precision("highest"):   # the networks as written, on any device
+    want = np.asarray(apply_target(result.layers, x), np.float64)
+    got = np.asarray(result.apply(x), np.float64)
   scale = np.linalg.norm(want)
   err = np.linalg.norm(got - want)
   return float(err / scale) if scale > 0 else float(err)

@@ -190,6 +190,13 @@ def _chunk_size(m: int, d_out: int, d_in: int, itemsize: int, chunk_bytes: int) 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
 def _cgls(w_in, w_out, target, tol, maxiter, stationary_tol, chunk_bytes):
+  # Every product in full float32 (or float64) precision: an accelerator's default float32
+  # matmul (TF32 on GPUs, bfloat16 passes on TPUs) cannot reach the residual tolerance.
+  with jax.default_matmul_precision("highest"):
+    return _cgls_traced(w_in, w_out, target, tol, maxiter, stationary_tol, chunk_bytes)
+
+
+def _cgls_traced(w_in, w_out, target, tol, maxiter, stationary_tol, chunk_bytes):
   m, d_in = w_in.shape
   d_out = w_out.shape[0]
   mc = _chunk_size(m, d_out, d_in, w_in.dtype.itemsize, chunk_bytes)
