@@ -1,4 +1,4 @@
-"""The accelerator check, run end to end on tiny sizes (`--quick`) on the CPU."""
+"""The accelerator check, run end to end on tiny sizes (`--config=quick`) on the CPU."""
 
 import json
 
@@ -6,7 +6,7 @@ from experiments.accelerator_check import experiment as accelerator_check
 
 
 def test_quick_check_runs_every_part_and_writes_the_summary(tmp_path):
-  summary = accelerator_check.run(str(tmp_path), quick=True)
+  summary = accelerator_check.run(accelerator_check.Config(quick=True), str(tmp_path))
   on_disk = json.loads((tmp_path / "summary.json").read_text())
   assert on_disk == json.loads(json.dumps(summary))
   assert summary["quick"] and summary["within_budget"]
