@@ -64,8 +64,9 @@ def _ball(key, shape, radius):
   return g / jnp.linalg.norm(g, axis=-1, keepdims=True) * (radius * u ** (1.0 / shape[-1]))
 
 
+@functools.partial(jax.jit, static_argnames=("spec", "num_seeds"))
 def init(spec, num_seeds: int, seed: int = 0) -> dict[str, Any]:
-  """S seeds' frozen kernels (He-normal), targets and held-out inputs, stacked.
+  """S seeds' frozen kernels (He-normal), targets and held-out inputs, stacked (one program).
 
   Args:
     spec: a `jaxnorm.FitSpec` (adam, affine norms, inputs in the ball).
