@@ -20,9 +20,10 @@ One iteration is one product with `K` and one with `K^T`, `4 m d_out d_in` flops
 Layout: both products run as row-major GEMMs. `K gamma` contracts over the
 long axis `m` as a `lax.scan` over chunks of `W_out` (`[d_out, mc]`) times
 `W_in[c, :]` (both chunks together about `_CHUNK_BYTES`); `K^T y` is one GEMM
-contracting the longer of `d_out`, `d_in` (`W_in y^T`, `[m, d_out]`, dotted
-row by row with `W_out^T` when `d_in > d_out`), then a row-wise dot; the two re-laid-out copies of `W_out` are made once per solve,
-behind `lax.optimization_barrier` so that XLA keeps that layout. No
+contracting the longer of `d_out`, `d_in`, then a row-wise dot (`W_in y^T`,
+`[m, d_out]`, dotted with `W_out^T` when `d_in > d_out`). The two re-laid-out
+copies of `W_out` are made once per solve, behind
+`lax.optimization_barrier` so that XLA keeps that layout. No
 preconditioner is used (why, and the measurements behind the layout, are in
 WORKSPACE.md, "Implementation notes").
 

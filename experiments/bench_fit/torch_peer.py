@@ -1,4 +1,4 @@
-"""A PyTorch peer of jaxnorm's Adam fit, written the way a PyTorch user would.
+"""PyTorch peers of jaxnorm's Adam fit, written the way a PyTorch user and an expert would.
 
 The same work per step as `jaxnorm.fit_seeds` with `optimizer="adam"` and
 `norm="affine"`, for S seeds at once:
@@ -24,10 +24,11 @@ width]` tensors is under 2% of a step (0.4 ms of ~30 ms at S=64, width 128),
 the forward and backward passes are the rest. The loss is the sum over seeds
 of each seed's relative MSE, so each seed's gradient is its own loss's.
 
-The peer runs eagerly (no `torch.compile`), as the usual `torch.func` ensemble
-recipe does; compiling the loss with inductor fuses its element-wise work and
-was measured ~2x faster per step at S=64, width 128, after ~30 s of
-compilation.
+`Peer` runs eagerly, as the usual `torch.func` ensemble recipe does.
+`Stacked` is the expert's version of the same step (stacked weights and
+`torch.bmm`, the whole step one function of tensors), run eagerly
+(`kind="bmm"`) or compiled whole by `torch.compile` (`kind="compile"`): the
+strongest PyTorch peer, whose compilation the benchmark times apart.
 
 Deliberately not copied from jaxnorm: the per-step divergence guard (a finite
 check and a select on every trainable and optimizer leaf), which a PyTorch
