@@ -18,7 +18,6 @@ on a CPU).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -66,11 +65,6 @@ def parts(quick: bool = False) -> Parts:
                dense_d=256, conv_channels=64)
 
 
-def _read_json(path: str) -> dict[str, Any]:
-  with open(path) as f:
-    return json.load(f)
-
-
 def _device() -> dict[str, Any]:
   d = jax.local_devices()[0]
   return {"backend": jax.default_backend(), "kind": d.device_kind, "count": jax.device_count(),
@@ -92,8 +86,7 @@ def run(config: Config, workdir: str,
     construction block its seconds (with compilation and warm), GFLOP/s,
     share of the peak, error and iterations.
   """
-  quick = config.quick
-  p = parts(quick)
+  p = parts(config.quick)
   bench_fit.check_config(p.bench)
   os.makedirs(workdir, exist_ok=True)
   start = time.perf_counter()
@@ -113,18 +106,18 @@ def run(config: Config, workdir: str,
                       "vs_hand_jax": res["ratios"].get("vs_hand_jax")}
   t0 = time.perf_counter()
   peak = peak_lib.matmul_peak_gflops(p.bench.peak_n())
-  config = reconstruct.Config(study="scale").resolved()
+  rec_config = reconstruct.Config(study="scale").resolved()
   blocks = []
   for part, (row, timing) in (
-      ("dense", reconstruct_rows.scale(config, {"d": p.dense_d, "solver": "cg"}, peak)),
-      ("conv", conv_rows.scale(config, {"c": p.conv_channels}, peak))):
+      ("dense", reconstruct_rows.scale(rec_config, {"d": p.dense_d, "solver": "cg"}, peak)),
+      ("conv", conv_rows.scale(rec_config, {"c": p.conv_channels}, peak))):
     blocks.append({"part": part, "d": row["d"], "width": row["width"],
                    "rel_error": row["rel_error"], "iterations": row["iterations"],
                    "seconds": timing["seconds"], "warm_seconds": timing["warm_seconds"],
                    "gflops": timing["gflops"], "peak_fraction": timing["peak_fraction"]})
   seconds["construction"] = round(time.perf_counter() - t0, 1)
   total = round(time.perf_counter() - start, 1)
-  summary = {"device": _device(), "quick": quick, "matmul_peak_gflops": round(peak, 1),
+  summary = {"device": _device(), "quick": config.quick, "matmul_peak_gflops": round(peak, 1),
              "seconds": seconds, "total_seconds": total,
              "within_budget": total <= BUDGET_SECONDS, "bench_settings": settings,
              "construction_blocks": blocks}

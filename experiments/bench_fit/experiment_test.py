@@ -183,7 +183,7 @@ def test_hand_written_jax_and_every_torch_peer_do_the_same_steps_as_jaxnorm():
     for t in range(spec.steps):
       np.testing.assert_allclose(runner.step(peer.torch.tensor(xs[t])).numpy(), loss_curve[:, t],
                                  rtol=1e-5, err_msg=kind)
-    trained = peer.norms() if kind == "vmap" else runner.norms_dict()
+    trained = runner.norms()
     for k in range(n_layers):
       for name in ("scale", "bias"):
         np.testing.assert_allclose(trained[f"norm.{k}.{name}"], params[f"norm_{k}"][name],

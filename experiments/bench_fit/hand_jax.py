@@ -44,19 +44,6 @@ class Result(NamedTuple):
   norms: dict
 
 
-def check_spec(spec) -> None:
-  """Raises `jaxnorm.validate.ConfigError` if the baseline cannot do `spec`'s work."""
-  from jaxnorm import validate  # pylint: disable=g-import-not-at-top
-  wanted = {"optimizer": "adam", "norm": "affine", "input_distribution": "ball", "init": "standard"}
-  for name, value in wanted.items():
-    if getattr(spec, name) != value:
-      raise validate.ConfigError(f"the hand-written JAX baseline needs {name}={value}, got "
-                                 f"{getattr(spec, name)}")
-  if spec.keep_prob != 1.0:
-    raise validate.ConfigError(f"the hand-written JAX baseline needs keep_prob=1, got "
-                               f"{spec.keep_prob}")
-
-
 def _ball(key, shape, radius):
   k_dir, k_rad = jax.random.split(key)
   g = jax.random.normal(k_dir, shape)

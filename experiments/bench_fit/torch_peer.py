@@ -223,10 +223,10 @@ class Stacked:
     self.targets = tuple((peer.target_params[f"dense.{k}.weight"].transpose(1, 2).contiguous(),
                           peer.target_params[f"dense.{k}.bias"])
                          for k in range(len(peer.spec.target_widths) - 1))
-    self.norms = tuple(peer.trainable[f"norm.{k}.{p}"].detach().clone()
+    self.params = tuple(peer.trainable[f"norm.{k}.{p}"].detach().clone()
                        for p in ("scale", "bias") for k in range(n))
-    self.m = tuple(torch.zeros_like(p) for p in self.norms)
-    self.v = tuple(torch.zeros_like(p) for p in self.norms)
+    self.m = tuple(torch.zeros_like(p) for p in self.params)
+    self.v = tuple(torch.zeros_like(p) for p in self.params)
     self.t = 0
     self._step = _compiled_step(torch, n) if kind == "compile" else _step_function(torch)
 
@@ -240,7 +240,7 @@ class Stacked:
       lr = lr * 0.5 * (1.0 + math.cos(math.pi * min(self.t, spec.steps) / spec.steps))
     self.t += 1
     hyper = torch.tensor([lr, 1.0 - 0.9 ** self.t, 1.0 - 0.999 ** self.t])
-    self.norms, self.m, self.v, loss = self._step(self.norms, self.m, self.v, hyper,
+    self.params, self.m, self.v, loss = self._step(self.params, self.m, self.v, hyper,
                                                   self.kernels, self.targets,
                                                   self.peer.target_var, x)
     return loss
@@ -250,14 +250,14 @@ class Stacked:
     torch = self.torch
     n = len(self.kernels)
     with torch.no_grad():
-      out = _stacked_net(torch, self.kernels, self.norms[:n], self.norms[n:], self.peer.eval_x)
+      out = _stacked_net(torch, self.kernels, self.params[:n], self.params[n:], self.peer.eval_x)
       y = _stacked_target(torch, self.targets, self.peer.eval_x)
       return (((out - y) ** 2).mean(dim=(1, 2)) / (self.peer.target_var + 1e-12)).numpy()
 
-  def norms_dict(self) -> dict[str, np.ndarray]:
-    """The trained norms, named as `Peer.norms()` names them."""
+  def norms(self) -> dict[str, np.ndarray]:
+    """The trained norm tensors, named as `Peer.norms()` names them."""
     n = len(self.kernels)
-    return {f"norm.{k}.{p}": self.norms[i * n + k].detach().numpy().copy()
+    return {f"norm.{k}.{p}": self.params[i * n + k].detach().numpy().copy()
             for i, p in enumerate(("scale", "bias")) for k in range(n)}
 
 
@@ -438,13 +438,13 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5, threads: Optional[int] =
   return 2.0 * n ** 3 / best / 1e9
 
 
-def check_spec(spec) -> None:
-  """Raises `jaxnorm.validate.ConfigError` if the peer cannot do `spec`'s work."""
+def check_spec(spec, who: str = "the torch peer") -> None:
+  """Raises `jaxnorm.validate.ConfigError` if a peer of jaxnorm's Adam fit (this module's, or
+  the hand-written JAX baseline, `who`) cannot do `spec`'s work."""
   from jaxnorm import validate  # pylint: disable=g-import-not-at-top
   wanted = {"optimizer": "adam", "norm": "affine", "input_distribution": "ball", "init": "standard"}
   for name, value in wanted.items():
     if getattr(spec, name) != value:
-      raise validate.ConfigError(f"the torch peer needs {name}={value}, got {getattr(spec, name)}")
+      raise validate.ConfigError(f"{who} needs {name}={value}, got {getattr(spec, name)}")
   if spec.keep_prob != 1.0:
-    raise validate.ConfigError(f"the torch peer needs keep_prob=1, got {spec.keep_prob}")
-
+    raise validate.ConfigError(f"{who} needs keep_prob=1, got {spec.keep_prob}")
