@@ -3,7 +3,8 @@
 The engine, `fit(model, task, seeds)`: the norms (or any selection) of any
 Flax model, linen or NNX, fitted to a `Regression` target or data set or a
 `Classification` data set, one network per seed, all seeds in one compiled
-program split over every device; methods as objects (`Optax`, `LBFGS`,
+program split over every device (batched as `choose_batching` picks: one `vmap`,
+`lax.map`, or vmapped chunks of seeds); methods as objects (`Optax`, `LBFGS`,
 `LevenbergMarquardt`, `Distill`, `Extract`) and start phases (`LinearRegime`,
 `Construct`). Models (`NormMLP`, `TargetMLP`; the conv nets `NormResNet`, `NormVGG`,
 `NormConvNet`, `ShiftConv`), the freezing
@@ -17,6 +18,7 @@ out of queries of a black box), norm-only classifiers on real data (`ClassifySpe
 live outside the library, in `experiments/<name>/`.
 """
 
+from jaxnorm.batching import choose as choose_batching
 from jaxnorm.checkpoint import Checkpoints
 from jaxnorm.checkpoint import Control
 from jaxnorm.checkpoint import FitSlot

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from jaxnorm import batching as batching_lib
 from jaxnorm import freeze
 from jaxnorm import memory
 from jaxnorm import methods
@@ -45,7 +46,7 @@ from jaxnorm import tasks
 from jaxnorm import trees
 from jaxnorm import validate
 
-BATCHINGS = ("vmap", "map")
+BATCHINGS = batching_lib.BATCHINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,9 @@ class FitResult:
       none): `"construction"` (per-seed network errors and block verdicts of
       a constructed start), `"students"` (distill's students); kept across a
       resume from a checkpoint.
+    batching: how the seeds were batched, `"vmap"` or `"map"` (what
+      `batching="auto"` chose).
+    seed_chunk: seeds per vmapped chunk (None: all at once).
   """
   seed_ids: np.ndarray
   loss_curve: np.ndarray
@@ -96,6 +100,8 @@ class FitResult:
   model: Any = None
   targets: Any = None
   start_report: dict = dataclasses.field(default_factory=dict)
+  batching: str = "vmap"
+  seed_chunk: Optional[int] = None
 
   def __getattr__(self, name):
     metrics = self.__dict__.get("metrics") or {}
@@ -246,7 +252,7 @@ def _initialise(programs, task, seed_ids: np.ndarray, mesh):
 
 def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainable = "norm",
         optimizer=None, steps: int = 2000, chunk_steps: Optional[int] = None,
-        batch_size: int = 256, seed: int = 0, batching: str = "vmap",
+        batch_size: int = 256, seed: int = 0, batching: str = "auto",
         devices: Optional[int] = None, seed_chunk: Optional[int] = None, start=None,
         checkpoint: Optional[Checkpoint] = None,
         on_chunk: Optional[Callable[[ChunkReport], None]] = None) -> FitResult:
@@ -271,11 +277,12 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
       between); default `min(steps, 250)`.
     batch_size: training examples per step (minibatch methods).
     seed: base seed; seed `s` uses `fold_in(key(seed), s)`.
-    batching: `"vmap"` (one program for all seeds) or `"map"` (`lax.map`, one
-      seed at a time).
+    batching: `"auto"` (default: `jaxnorm.batching.choose` picks one of the
+      others from the platform and the step's largest value), `"vmap"` (one
+      program for all seeds) or `"map"` (`lax.map`, one seed at a time).
     devices: devices to spread the seeds over (`None`/0: all).
-    seed_chunk: with `"vmap"`, `lax.map` over vmapped chunks of this many
-      seeds per device (less memory traffic).
+    seed_chunk: with `"vmap"` or `"auto"`, `lax.map` over vmapped chunks of
+      this many seeds per device (less memory traffic).
     start: optional start phase `start(run, state) -> state` run once before
       the first step (`jaxnorm.starts.LinearRegime()`, `Construct()`).
     checkpoint: optional `Checkpoint` to resume from and save into.
@@ -305,12 +312,25 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   method = _as_method(optimizer, steps)
   mesh = sharding.seed_mesh(devices)
   sample = task.sample()
+  n = seed_ids.size
+  per_device = sharding.padded_count(n, mesh) // mesh.size
   plan = programs_lib.Plan(model, (sample.shape, sample.dtype), task, method, trainable,
-                           batch_size, seed, batching, mesh, seed_chunk)
+                           batch_size, seed, "vmap" if batching == "auto" else batching, mesh,
+                           seed_chunk)
   programs = programs_lib.cache(plan)
   programs.check()
-  n = seed_ids.size
-  memory.check(estimate_bytes(programs, sharding.padded_count(n, mesh) // mesh.size), "this fit")
+  if batching == "auto" and seed_chunk is None:
+    chosen = batching_lib.choose(mesh.devices.flat[0].platform, per_device,
+                                 programs.step_value_bytes, full_batch=method.full_batch,
+                                 cache_bytes=batching_lib.CPU_CACHE_BYTES)
+    if chosen != (plan.batching, plan.seed_chunk):
+      plan = dataclasses.replace(plan, batching=chosen[0], seed_chunk=chosen[1])
+      programs = programs_lib.cache(plan)
+      programs.check()
+      logging.info("batching: %s%s (auto, %d seeds per device)", plan.batching,
+                   f" over chunks of {plan.seed_chunk} seeds" if plan.seed_chunk else "",
+                   per_device)
+  memory.check(estimate_bytes(programs, per_device), "this fit")
 
   begin = time.perf_counter()
   consts, state = _initialise(programs, task, seed_ids, mesh)
@@ -379,7 +399,7 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
       trainable_params=trainable_params, devices=mesh.size,
       seeds_per_device=sharding.shard_sizes(state.diverged), seconds=time.perf_counter() - begin,
       task_state=task_state, model=programs.model, targets=_targets(task, task_state, n),
-      start_report=notes)
+      start_report=notes, batching=plan.batching, seed_chunk=plan.seed_chunk)
 
 
 def _targets(task, task_state, n: int):

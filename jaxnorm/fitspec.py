@@ -347,7 +347,7 @@ def chunk_lengths(spec: FitSpec) -> list[int]:
 
 def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
               on_chunk: Optional[Callable[[ChunkReport], None]] = None,
-              batching: str = "vmap", *, devices: Optional[int] = None,
+              batching: str = "auto", *, devices: Optional[int] = None,
               seed_chunk: Optional[int] = None,
               checkpoint: Optional[Checkpoint] = None) -> FitResult:
   """Fits the norms of one frozen `NormMLP` per seed to its target: `jaxnorm.fit` on `spec`.
@@ -361,7 +361,7 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
       methods only evaluate it on inputs they sample; its hidden widths need
       not be the network's (only `construct`, which reads it, needs them).
     on_chunk: optional callback receiving a `ChunkReport` after every chunk.
-    batching: `"vmap"` or `"map"` (see `jaxnorm.fit`).
+    batching: `"auto"`, `"vmap"` or `"map"` (see `jaxnorm.fit`).
     devices: how many devices to spread the seeds over (`None`/0: all).
     seed_chunk: seeds per vmapped chunk (see `jaxnorm.fit`).
     checkpoint: optional `Checkpoint`: resume from it, and save into it.

@@ -85,6 +85,33 @@ def _sub_jaxprs(eqn):
         yield v
 
 
+def jaxpr_largest_bytes(jaxpr) -> int:
+  """Bytes of the largest single value a jaxpr (or one of its sub-jaxprs) computes.
+
+  Args:
+    jaxpr: a `jax.extend.core.Jaxpr`.
+
+  Returns:
+    Bytes (0 for a jaxpr that computes no array).
+  """
+  largest = 0
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      largest = max(largest, _value_bytes(getattr(v, "aval", None)))
+    for sub in _sub_jaxprs(eqn):
+      largest = max(largest, jaxpr_largest_bytes(sub))
+  return largest
+
+
+def _value_bytes(aval) -> int:
+  if aval is None or not hasattr(aval, "shape") or not hasattr(aval, "dtype"):
+    return 0
+  try:
+    return int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
+  except TypeError:   # key types and the like
+    return 0
+
+
 def jaxpr_bytes(jaxpr) -> int:
   """Sum of the sizes of every value a jaxpr (and its sub-jaxprs) computes: an upper bound
   on the working set of one call, as if nothing were fused or freed.
@@ -97,13 +124,7 @@ def jaxpr_bytes(jaxpr) -> int:
   """
   total = 0
   for eqn in jaxpr.eqns:
-    for v in eqn.outvars:
-      aval = getattr(v, "aval", None)
-      if aval is not None and hasattr(aval, "shape") and hasattr(aval, "dtype"):
-        try:
-          total += int(np.prod(aval.shape)) * np.dtype(aval.dtype).itemsize
-        except TypeError:   # key types and the like
-          pass
+    total += sum(_value_bytes(getattr(v, "aval", None)) for v in eqn.outvars)
     for sub in _sub_jaxprs(eqn):
       total += jaxpr_bytes(sub)
   return total

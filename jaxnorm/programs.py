@@ -243,13 +243,26 @@ class Programs:
 
     Traced once per plan (no compilation), from shapes alone.
     """
+    consts, state = self._abstract
+    evaluate = jax.make_jaxpr(self.evaluate)(consts, state)
+    work = max(memory.jaxpr_bytes(self._step_jaxpr), memory.jaxpr_bytes(evaluate.jaxpr))
+    return memory.tree_bytes(state), work, memory.tree_bytes(consts)
+
+  @functools.cached_property
+  def step_value_bytes(self) -> int:
+    """Bytes of the largest value one seed's training step computes (what `batching="auto"`
+    weighs; traced once per plan, no compilation)."""
+    return memory.jaxpr_largest_bytes(self._step_jaxpr)
+
+  @functools.cached_property
+  def _abstract(self):   # the consts and one seed's state, as shapes
     consts = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)),
                           self.plan.task.consts())
-    state = jax.eval_shape(self.init_seed, consts, jax.ShapeDtypeStruct((), jnp.int32))
-    step = jax.make_jaxpr(functools.partial(self.run_chunk, 1))(consts, state)
-    evaluate = jax.make_jaxpr(self.evaluate)(consts, state)
-    work = max(memory.jaxpr_bytes(step.jaxpr), memory.jaxpr_bytes(evaluate.jaxpr))
-    return memory.tree_bytes(state), work, memory.tree_bytes(consts)
+    return consts, jax.eval_shape(self.init_seed, consts, jax.ShapeDtypeStruct((), jnp.int32))
+
+  @functools.cached_property
+  def _step_jaxpr(self):
+    return jax.make_jaxpr(functools.partial(self.run_chunk, 1))(*self._abstract).jaxpr
 
   def check(self) -> None:
     """Checks that method, task and model fit together; raises ConfigError (once per plan)."""

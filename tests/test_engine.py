@@ -172,10 +172,27 @@ def test_a_seed_alone_equals_it_among_others(which, linen_fit, nnx_fit):
 
 
 def test_lax_map_and_seed_chunks_equal_vmap(linen_fit):
+  assert (linen_fit.batching, linen_fit.seed_chunk) == ("vmap", None)   # auto: a small step
   for kwargs in (dict(batching="map"), dict(seed_chunk=2)):
     other = jaxnorm.fit(LinenCNN(), DIGITS, 3, **FAST, **kwargs)
     np.testing.assert_allclose(other.loss_curve, linen_fit.loss_curve, rtol=1e-5)
     np.testing.assert_allclose(other.test_acc, linen_fit.test_acc, atol=1e-6)
+  assert (other.batching, other.seed_chunk) == ("vmap", 2)
+
+
+@pytest.mark.parametrize("cache_kib,chosen", [(1, ("map", None)), (2 * 68, ("vmap", 2))])
+def test_auto_batching_follows_the_step_size(monkeypatch, cache_kib, chosen):
+  """`batching="auto"`: on the CPU, the seeds computed at once keep the step's largest value
+  within the cache budget (here shrunk, so that this small MLP needs map or chunks)."""
+  mlp, kw = jaxnorm.NormMLP((2, 64, 1)), dict(steps=20, chunk_steps=20, batch_size=256)
+  task = jaxnorm.Regression(sin_target, inputs="ball", radius=1.0, in_dim=2, eval_size=64)
+  vmapped = jaxnorm.fit(mlp, task, 5, batching="vmap", **kw)
+  monkeypatch.setattr(jaxnorm.batching, "CPU_CACHE_BYTES", cache_kib << 10)
+  auto = jaxnorm.fit(mlp, task, 5, **kw)
+  assert (auto.batching, auto.seed_chunk) == chosen   # the step's largest value: 256 x 64 x 4 B
+  np.testing.assert_allclose(auto.loss_curve, vmapped.loss_curve, rtol=1e-5)
+  np.testing.assert_allclose(auto.rel_mse, vmapped.rel_mse, rtol=1e-4)
+  assert auto.frozen_unchanged
 
 
 MLP = jaxnorm.NormMLP((2, 32, 32, 1))

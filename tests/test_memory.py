@@ -44,3 +44,13 @@ def test_estimate_bounds_xla_memory_analysis(optimizer):
             + analysis.temp_size_in_bytes)
   estimate = fitspec.estimate_bytes(spec, seeds)
   assert actual <= estimate <= 20 * actual, (actual, estimate)
+
+
+def test_jaxpr_sizes_sum_and_largest_value_reach_into_loops():
+  def f(x):   # [8, 16] float32 in; a [8, 32] value inside a scan
+    def body(c, _):
+      return c, jax.numpy.concatenate([c, c], axis=1)
+    return jax.lax.scan(body, x, None, length=2)[1].sum()
+  jaxpr = jax.make_jaxpr(f)(np.zeros((8, 16), np.float32)).jaxpr
+  assert memory.jaxpr_largest_bytes(jaxpr) == 2 * 8 * 32 * 4   # the scan's stacked output
+  assert memory.jaxpr_bytes(jaxpr) >= 2 * 8 * 32 * 4 + 8 * 32 * 4

@@ -58,10 +58,10 @@ def parts(quick: bool = False) -> Parts:
   if quick:
     tiny = bench_fit.Setting("small", seeds=2, target_widths=(3, 4, 2), width=8, batch_size=16,
                              steps=3)
-    return Parts(bench_fit.Config(settings=("small",), small=tiny, methods=("vmap", "hand_jax"),
+    return Parts(bench_fit.Config(settings=("small",), small=tiny, methods=("auto", "hand_jax"),
                                   chunk_steps=3, repeats=1, peak_size=64, bandwidth_megabytes=4),
                  dense_d=4, conv_channels=2)
-  return Parts(bench_fit.Config(preset="gpu", methods=("vmap", "hand_jax"), repeats=2),
+  return Parts(bench_fit.Config(preset="gpu", methods=("auto", "hand_jax"), repeats=2),
                dense_d=256, conv_channels=64)
 
 

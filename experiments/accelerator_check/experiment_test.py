@@ -13,7 +13,7 @@ def test_quick_check_runs_every_part_and_writes_the_summary(tmp_path):
   assert set(summary["seconds"]) == {"bench_fit", "construction"}
   assert set(summary["bench_settings"]) == {"small"}   # quick: one tiny setting
   for setting in summary["bench_settings"].values():
-    assert set(setting["methods"]) == {"vmap", "hand_jax"} and setting["peak_tflops"] > 0
+    assert set(setting["methods"]) == {"auto", "hand_jax"} and setting["peak_tflops"] > 0
     assert all(m["seed_steps_per_s"] > 0 and m["tflops"] > 0 for m in setting["methods"].values())
     assert setting["vs_hand_jax"] > 0
   parts = [(b["part"], b["d"]) for b in summary["construction_blocks"]]

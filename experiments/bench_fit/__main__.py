@@ -58,7 +58,8 @@ def main(argv):
     print(f"\n[{name}] S={s['seeds']} target_widths={list(s['target_widths'])} "
           f"width={s['width']} batch={s['batch_size']} steps={s['steps']} "
           f"seed_chunk={s['seed_chunk']}; best matmul peak {res['matmul_peak_gflops']} GFLOP/s; "
-          f"jaxnorm = {res['jaxnorm_method']}")
+          f"jaxnorm = {res['jaxnorm_method']}"
+          + (f" ({res['auto_batching']})" if res.get("auto_batching") else ""))
     roof = res["roofline"]
     print(f"roofline: {res['flops_per_seed_step']:.4g} flop and {res['bytes_per_seed_step']:.4g} "
           f"bytes per seed-step (intensity {roof['intensity']} flop/B; ridge {roof['ridge']} at "

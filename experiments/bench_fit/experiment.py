@@ -6,7 +6,10 @@ the ball, the seed's target evaluated on them, forward and backward of the
 frozen network with only the norms differentiated, an Adam update with a
 cosine schedule), for the same number of steps:
 
-* `vmap`: `jaxnorm.fitspec.fit_seeds`, all seeds in one `vmap`;
+* `auto`: `jaxnorm.fitspec.fit_seeds` as a user calls it: the engine's
+  default `batching="auto"` (`jaxnorm.batching.choose`: one `vmap`, `lax.map`,
+  or vmapped chunks of seeds, from the platform and the step's largest value);
+* `vmap`: the same with all seeds in one `vmap`;
 * `vmap_chunk`: the same with `seed_chunk` (`lax.map` over vmapped chunks of
   seeds; only for a setting whose `seed_chunk` is set);
 * `loop`: `fit_seeds` on one seed at a time;
@@ -34,8 +37,9 @@ larger of those two (`peak_fraction`). The roofline of each setting comes
 from the flops and a model of the bytes of one seed-step (`flops_per_step`,
 `bytes_per_step`) against the measured matmul peak and memory bandwidth.
 Throughput is seed-steps per second; GFLOP/s counts the matmul flops the whole
-fit needs (`flops_per_seed`). jaxnorm's number is `vmap_chunk` where it runs,
-else `vmap`; `ratios` divide its throughput by each other method's.
+fit needs (`flops_per_seed`). jaxnorm's number is `auto` (the default) where
+it runs, else `vmap_chunk`, else `vmap`; `ratios` divide its throughput by each
+other method's.
 
 Writes `results.json` (config, per-setting rows, roofline and ratios, goals)
 into the workdir.
@@ -65,8 +69,10 @@ from experiments import peak as peak_lib
 from experiments.bench_fit import hand_jax
 from experiments.bench_fit import torch_peer
 
-METHODS = ("vmap", "vmap_chunk", "loop", "lax_map", "hand_jax", "torch", "torch_1t", "torch_bmm",
-           "torch_compile")
+METHODS = ("auto", "vmap", "vmap_chunk", "loop", "lax_map", "hand_jax", "torch", "torch_1t",
+           "torch_bmm", "torch_compile")
+# vmap_chunk is left out by default: at the small setting `auto` runs the same chunks.
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "vmap_chunk")
 TORCH_METHODS = ("torch", "torch_1t", "torch_bmm", "torch_compile")
 # Goals the benchmark reports against (issue 16): jaxnorm over compiled PyTorch end to end and
 # at least as fast as lax.map at every setting; share of the matmul peak at the last setting.
@@ -106,7 +112,7 @@ class Config:
   small: Setting = hparam(SMALL, "The small setting (flags without prefix).")
   large: Setting = hparam(LARGE, "The large setting (flags prefixed large_).", prefix="large_")
   chunk_steps: int = hparam(100, "Steps per compiled chunk.")
-  methods: tuple[str, ...] = hparam(METHODS, "Any of " + ", ".join(METHODS) + ".")
+  methods: tuple[str, ...] = hparam(DEFAULT_METHODS, "Any of " + ", ".join(METHODS) + ".")
   norm: str = hparam("affine", "affine | batchnorm | layernorm (the torch peer: affine).")
   repeats: int = hparam(3, "Timed rounds per setting (the best counts).")
   torch_threads: int = hparam(0, "torch intra-op threads (0: the cores this process may use, "
@@ -161,9 +167,9 @@ def check_config(config: Config) -> list[fitspec.FitSpec]:
     raise validate.ConfigError("need at least one method")
   for m in config.methods:
     validate.one_of("method", m, METHODS)
-  if "vmap" not in config.methods:   # every ratio compares a method with jaxnorm's vmap row
-    raise validate.ConfigError(f"methods must include vmap (what the others are compared "
-                               f"with), got {list(config.methods)}")
+  if not {"auto", "vmap"} & set(config.methods):   # every ratio compares with jaxnorm's row
+    raise validate.ConfigError(f"methods must include auto or vmap (what the others are "
+                               f"compared with), got {list(config.methods)}")
   if not config.settings:
     raise validate.ConfigError("--settings needs at least one of small, large")
   names = list(config.settings)
@@ -276,16 +282,21 @@ def _chunk_timer():
 
 
 def _fit_all(method: str, s: fitspec.FitSpec, seeds: int, seed_chunk: Optional[int],
-             threads: int) -> float:
-  """Fits `seeds` seeds with `method`; returns the seconds of the steps alone."""
+             threads: int) -> tuple[float, Optional[str]]:
+  """Fits `seeds` seeds with `method`; returns the seconds of the steps alone, and for `auto`
+  the batching the engine chose."""
   if method.startswith("torch"):
     kind = {"torch": "vmap", "torch_1t": "vmap", "torch_bmm": "bmm",
             "torch_compile": "compile"}[method]
     return torch_peer.fit(s, seeds, threads=1 if method == "torch_1t" else threads,
-                          kind=kind).steps_seconds
+                          kind=kind).steps_seconds, None
   if method == "hand_jax":
-    return hand_jax.fit(s, seeds).steps_seconds
+    return hand_jax.fit(s, seeds).steps_seconds, None
   on_chunk, total = _chunk_timer()
+  if method == "auto":
+    res = fitspec.fit_seeds(s, range(seeds), on_chunk=on_chunk)
+    return total[0], res.batching + (f" over chunks of {res.seed_chunk}" if res.seed_chunk
+                                     else "")
   if method == "vmap":
     fitspec.fit_seeds(s, range(seeds), on_chunk=on_chunk, batching="vmap")
   elif method == "vmap_chunk":
@@ -295,7 +306,7 @@ def _fit_all(method: str, s: fitspec.FitSpec, seeds: int, seed_chunk: Optional[i
   else:
     for seed in range(seeds):
       fitspec.fit_seeds(s, [seed], on_chunk=on_chunk)
-  return total[0]
+  return total[0], None
 
 
 def _methods(config: Config, setting: Setting, torch_version: Optional[str],
@@ -325,14 +336,15 @@ def _time_setting(config: Config, setting: Setting, s: fitspec.FitSpec, threads:
                   torch_version: Optional[str]) -> dict[str, Any]:
   methods = _methods(config, setting, torch_version, threads)
   flops = flops_per_seed(s)
-  warmup = {}
+  warmup, chosen = {}, None
   for method in methods:   # the first call: compilation (XLA, inductor), caches, allocators
     start = time.perf_counter()
     if method in ("torch", "torch_1t", "torch_bmm"):   # eager: a few steps warm the caches
       _fit_all(method, dataclasses.replace(s, steps=2, chunk_steps=2), setting.seeds, None,
                threads)
     else:
-      _fit_all(method, s, 1 if method == "loop" else setting.seeds, setting.seed_chunk, threads)
+      chosen = _fit_all(method, s, 1 if method == "loop" else setting.seeds,
+                        setting.seed_chunk, threads)[1] or chosen
     warmup[method] = time.perf_counter() - start
   seconds = {m: [] for m in methods}
   steps_seconds = {m: [] for m in methods}
@@ -342,7 +354,7 @@ def _time_setting(config: Config, setting: Setting, s: fitspec.FitSpec, threads:
       before = peak_lib.matmul_peak_gflops(config.peak_n(), repeats=3)
       start = time.perf_counter()
       steps_seconds[method].append(_fit_all(method, s, setting.seeds, setting.seed_chunk,
-                                            threads))
+                                            threads)[0])
       seconds[method].append(time.perf_counter() - start)
       peaks[method].append(max(before, peak_lib.matmul_peak_gflops(config.peak_n(), repeats=3)))
       logging.info("%s round %d/%d %-13s %.3f s (steps %.3f s; matmul peak around it %.1f "
@@ -372,12 +384,13 @@ def _time_setting(config: Config, setting: Setting, s: fitspec.FitSpec, threads:
                  "%7.2f GFLOP/s (%.0f%% of peak %.1f)", setting.name, method,
                  seconds[method][best], min(steps_seconds[method]), warmup[method], throughput,
                  gflops, 100 * fraction[method], peaks[method][best])
-  jaxnorm = "vmap_chunk" if "vmap_chunk" in by else ("vmap" if "vmap" in by else None)
+  jaxnorm = next((m for m in ("auto", "vmap_chunk", "vmap") if m in by), None)
   ratios: dict[str, Optional[float]] = {}
   if jaxnorm is not None:
-    for other, key in (("loop", "vs_loop"), ("lax_map", "vs_lax_map"), ("hand_jax", "vs_hand_jax"),
+    for other, key in (("vmap", "vs_vmap"), ("loop", "vs_loop"), ("lax_map", "vs_lax_map"),
+                       ("hand_jax", "vs_hand_jax"),
                        ("torch_compile", "vs_torch_compile"), ("torch_bmm", "vs_torch_bmm")):
-      ratios[key] = _sig(by[jaxnorm] / by[other]) if other in by else None
+      ratios[key] = _sig(by[jaxnorm] / by[other]) if other in by and other != jaxnorm else None
     ratios["vs_torch_compile_steps"] = (_sig(steady[jaxnorm] / steady["torch_compile"])
                                         if "torch_compile" in by else None)
     torch_best = max((by[m] for m in ("torch", "torch_1t") if m in by), default=None)
@@ -385,9 +398,10 @@ def _time_setting(config: Config, setting: Setting, s: fitspec.FitSpec, threads:
     if "torch" in by:
       ratios["vs_torch_matched_threads"] = _sig(by[jaxnorm] / by["torch"])
     ratios["peak_fraction"] = _sig(fraction[jaxnorm])
-    if jaxnorm == "vmap_chunk" and "vmap" in by:
+    if "vmap_chunk" in by and "vmap" in by:
       ratios["chunk_gain"] = _sig(by["vmap_chunk"] / by["vmap"])
   return {"setting": dataclasses.asdict(setting), "jaxnorm_method": jaxnorm,
+          "auto_batching": chosen,
           "device_memory": _device_memory(),
           "flops_per_seed_step": flops_per_step(s), "bytes_per_seed_step": bytes_per_step(s),
           "flops_per_seed": flops, "matmul_peak_gflops": _sig(peak),

@@ -19,8 +19,8 @@ from experiments.bench_fit import torch_peer
 # step per chunk, so that the loss curve holds every step's loss.
 TINY = tuple(bench_fit.Setting(name, seeds=1, target_widths=(3, 4, 2), width=8, batch_size=16,
                                steps=3) for name in ("small", "large"))
-RATIOS = {"vs_loop", "vs_lax_map", "vs_hand_jax", "vs_torch_compile", "vs_torch_compile_steps",
-          "vs_torch_bmm", "vs_torch", "peak_fraction"}
+RATIOS = {"vs_vmap", "vs_loop", "vs_lax_map", "vs_hand_jax", "vs_torch_compile",
+          "vs_torch_compile_steps", "vs_torch_bmm", "vs_torch", "peak_fraction"}
 
 
 def _tiny(**kw):
@@ -64,15 +64,15 @@ def test_without_torch_the_peer_is_skipped(tmp_path, monkeypatch):
 
 def test_rows_ratios_and_goals(tmp_path, monkeypatch):
   """Every method and the chunked row, with stand-in timings (no compute)."""
-  speed = {"vmap": 2.0, "vmap_chunk": 1.0, "loop": 8.0, "lax_map": 4.0, "hand_jax": 1.5,
-           "torch": 6.0, "torch_1t": 3.0, "torch_bmm": 5.0, "torch_compile": 1.25}
+  speed = {"auto": 1.0, "vmap": 2.0, "vmap_chunk": 1.0, "loop": 8.0, "lax_map": 4.0,
+           "hand_jax": 1.5, "torch": 6.0, "torch_1t": 3.0, "torch_bmm": 5.0, "torch_compile": 1.25}
   steps_share = {m: 0.5 for m in speed} | {"torch_compile": 0.25}   # of each fit's time
   clock = [0.0]
 
   def fake_fit(method, s, seeds, seed_chunk, threads):
     del s, seed_chunk, threads
     clock[0] += speed[method] * seeds
-    return steps_share[method] * speed[method] * seeds
+    return steps_share[method] * speed[method] * seeds, "stand-in" if method == "auto" else None
 
   monkeypatch.setattr(bench_fit, "_fit_all", fake_fit)
   monkeypatch.setattr(bench_fit.time, "perf_counter", lambda: clock[0])
@@ -81,18 +81,20 @@ def test_rows_ratios_and_goals(tmp_path, monkeypatch):
   monkeypatch.setattr(torch_peer, "version", lambda: "stand-in")
   monkeypatch.setattr(torch_peer, "matmul_peak_gflops", lambda n, threads: 90.0)
   small = dataclasses.replace(TINY[0], seeds=4, seed_chunk=2)
-  results = bench_fit.run(_tiny(small=small, repeats=2), str(tmp_path))
+  results = bench_fit.run(_tiny(small=small, repeats=2, methods=bench_fit.METHODS), str(tmp_path))
   small, large = results["settings"]["small"], results["settings"]["large"]
   assert [r["method"] for r in small["rows"]] == list(bench_fit.METHODS)
-  assert small["jaxnorm_method"] == "vmap_chunk" and large["jaxnorm_method"] == "vmap"
+  assert small["jaxnorm_method"] == large["jaxnorm_method"] == "auto"
+  assert small["auto_batching"] == "stand-in"
   flops = bench_fit.flops_per_seed(bench_fit.spec(_tiny(), TINY[0]))
-  assert small["ratios"] == {"vs_loop": 8.0, "vs_lax_map": 4.0, "vs_hand_jax": 1.5,
+  assert small["ratios"] == {"vs_vmap": 2.0, "vs_loop": 8.0, "vs_lax_map": 4.0,
+                             "vs_hand_jax": 1.5,
                              "vs_torch_compile": 1.25, "vs_torch_bmm": 5.0,
                              "vs_torch_compile_steps": 0.625,   # compiled torch: 1/4 is steps
                              "vs_torch": 3.0, "chunk_gain": 2.0, "vs_torch_matched_threads": 6.0,
                              "peak_fraction": pytest.approx(flops / 1e9 / 100.0, rel=1e-3)}
-  assert large["ratios"]["vs_loop"] == 4.0 and "chunk_gain" not in large["ratios"]
-  assert large["ratios"]["vs_torch_compile"] == 0.625   # against vmap (2.0) there
+  assert large["ratios"]["vs_loop"] == 8.0 and "chunk_gain" not in large["ratios"]
+  assert large["ratios"]["vs_torch_compile"] == 1.25
   assert all(len(r["seconds_per_round"]) == 2 for r in small["rows"])
   steps = {r["method"]: r["steps_seconds"] for r in small["rows"]}
   assert steps["vmap"] == 0.5 * 2.0 * 4 and steps["torch_compile"] == 0.25 * 1.25 * 4
@@ -102,9 +104,9 @@ def test_rows_ratios_and_goals(tmp_path, monkeypatch):
   assert roof["intensity"] == pytest.approx(intensity, rel=1e-3) and roof["ridge"] == 10.0
   assert roof["attainable_gflops"] == pytest.approx(min(100.0, 10.0 * intensity), rel=1e-3)
   assert results["goals"]["vs_torch_compile"] == {
-      "settings": ["small", "large"], "goal": 1.3, "value": 0.625,
-      "per_setting": {"small": 1.25, "large": 0.625}, "met": False}
-  assert results["goals"]["vs_lax_map"]["value"] == 2.0 and results["goals"]["vs_lax_map"]["met"]
+      "settings": ["small", "large"], "goal": 1.3, "value": 1.25,
+      "per_setting": {"small": 1.25, "large": 1.25}, "met": False}
+  assert results["goals"]["vs_lax_map"]["value"] == 4.0 and results["goals"]["vs_lax_map"]["met"]
   assert results["goals"]["peak_fraction"]["settings"] == ["large"]
   assert not results["goals"]["peak_fraction"]["met"]
   assert results["torch_matmul_peak_gflops"] == 90.0
@@ -115,7 +117,7 @@ def test_gpu_preset_scales_seeds_and_drops_the_loop_and_torch(monkeypatch):
   assert [(s.name, s.seeds, s.seed_chunk) for s in config.selected()] == [
       ("small", 4096, None), ("large", 256, None)]
   assert bench_fit._methods(config, config.selected()[0], "stand-in", 2) == [
-      "vmap", "lax_map", "hand_jax"]
+      "auto", "vmap", "lax_map", "hand_jax"]
   assert config.peak_n() == (2048 if jax.default_backend() == "cpu" else 8192)
   with pytest.raises(jaxnorm.ConfigError, match="preset"):
     bench_fit.check_config(bench_fit.Config(preset="tpu-pod"))
@@ -132,7 +134,7 @@ def test_flops():
 @pytest.mark.parametrize("kw, match", [
     (dict(methods=("vmap", "pmap")), "pmap"),
     (dict(methods=()), "at least one method"),
-    (dict(methods=("torch",)), "must include vmap"),
+    (dict(methods=("torch",)), "must include auto or vmap"),
     (dict(repeats=0), "repeats"),
     (dict(norm="layernorm"), "torch peer needs norm=affine"),
     (dict(settings=("small", "small")), "names must differ"),
