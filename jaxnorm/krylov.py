@@ -18,8 +18,10 @@ Krylov space, so it stops at the earliest iteration a residual tolerance allows.
 One iteration is one product with `K` and one with `K^T`, `4 m d_out d_in` flops.
 
 Layout: both products run as row-major GEMMs. `K gamma` contracts over the
-long axis `m` as a `lax.scan` over chunks of `W_out` (`[d_out, mc]`) times
-`W_in[c, :]` (both chunks together about `_CHUNK_BYTES`); `K^T y` is one GEMM
+long axis `m`: one GEMM while the scaled copy `W_out * gamma` is at most
+`_UNCHUNKED_BYTES`, else a `lax.scan` over chunks of `W_out` (`[d_out, mc]`)
+times `W_in[c, :]` (both chunks together about `_CHUNK_BYTES`), which keeps
+that copy in cache at the price of a larger program; `K^T y` is one GEMM
 contracting the longer of `d_out`, `d_in`, then a row-wise dot (`W_in y^T`,
 `[m, d_out]`, dotted with `W_out^T` when `d_in > d_out`). The two re-laid-out
 copies of `W_out` are made once per solve, behind
@@ -178,29 +180,35 @@ def solve_min_norm(w_in: jax.Array, w_out: jax.Array, target: jax.Array, *,
     maxiter = default_maxiter(target.shape[0] * target.shape[1])
   if stationary_tol is None:
     stationary_tol = float(np.sqrt(jnp.finfo(dtype).eps))
-  return _cgls(w_in, w_out, target, tol, int(maxiter), float(stationary_tol), _CHUNK_BYTES)
+  return _cgls(w_in, w_out, target, tol, int(maxiter), float(stationary_tol),
+               (_CHUNK_BYTES, _UNCHUNKED_BYTES))
 
 
 _CHUNK_BYTES = 4 << 20   # of W_out and W_in together per GEMM of `K gamma` (see WORKSPACE.md)
+_UNCHUNKED_BYTES = 32 << 20   # up to this size of `W_out * gamma`, `K gamma` is one GEMM
 
 
-def _chunk_size(m: int, d_out: int, d_in: int, itemsize: int, chunk_bytes: int) -> int:
-  """Columns per chunk of `K gamma`: `W_out[:, c]` and `W_in[c, :]` within `chunk_bytes`."""
+def _chunk_size(m: int, d_out: int, d_in: int, itemsize: int, chunk_bytes: int,
+                unchunked_bytes: int = 0) -> int:
+  """Columns per chunk of `K gamma`: all `m` while the scaled copy of `W_out` is at most
+  `unchunked_bytes`, else `W_out[:, c]` and `W_in[c, :]` within `chunk_bytes`."""
+  if d_out * m * itemsize <= unchunked_bytes:
+    return m
   return int(max(min(m, chunk_bytes // max((d_out + d_in) * itemsize, 1)), 1))
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _cgls(w_in, w_out, target, tol, maxiter, stationary_tol, chunk_bytes):
+def _cgls(w_in, w_out, target, tol, maxiter, stationary_tol, chunks):
   # Every product in full float32 (or float64) precision: an accelerator's default float32
   # matmul (TF32 on GPUs, bfloat16 passes on TPUs) cannot reach the residual tolerance.
   with jax.default_matmul_precision("highest"):
-    return _cgls_traced(w_in, w_out, target, tol, maxiter, stationary_tol, chunk_bytes)
+    return _cgls_traced(w_in, w_out, target, tol, maxiter, stationary_tol, chunks)
 
 
-def _cgls_traced(w_in, w_out, target, tol, maxiter, stationary_tol, chunk_bytes):
+def _cgls_traced(w_in, w_out, target, tol, maxiter, stationary_tol, chunks):
   m, d_in = w_in.shape
   d_out = w_out.shape[0]
-  mc = _chunk_size(m, d_out, d_in, w_in.dtype.itemsize, chunk_bytes)
+  mc = _chunk_size(m, d_out, d_in, w_in.dtype.itemsize, *chunks)
   nc = -(-m // mc)
   pad = nc * mc - m
   if pad:  # zero columns: they get gamma = 0 and change nothing else.

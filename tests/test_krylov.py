@@ -38,7 +38,9 @@ def test_chunked_and_padded_product_is_the_same(monkeypatch):
   rng = Rng(23)
   w_in, w_out, t = (rng.normal(s, np.float32) for s in ((26, 2), (3, 26), (3, 2)))
   monkeypatch.setattr(krylov, "_CHUNK_BYTES", (3 + 2) * 4 * 7)   # 7 columns: 4 chunks, 2 padded
+  monkeypatch.setattr(krylov, "_UNCHUNKED_BYTES", 0)
   assert krylov._chunk_size(26, 3, 2, 4, krylov._CHUNK_BYTES) == 7
+  assert krylov._chunk_size(26, 3, 2, 4, krylov._CHUNK_BYTES, 3 * 26 * 4) == 26   # one GEMM
   solve = functools.partial(krylov.solve_min_norm, tol=1e-6)
   assert "length=4" in str(jax.make_jaxpr(solve)(w_in, w_out, t))   # the chunk scan
   chunked = solve(w_in, w_out, t)
