@@ -112,6 +112,18 @@ def test_rows_ratios_and_goals(tmp_path, monkeypatch):
   assert results["torch_matmul_peak_gflops"] == 90.0
 
 
+def test_the_default_running_lax_map_meets_that_goal_by_identity():
+  def setting(chosen, vs_lax_map):
+    return {"jaxnorm_method": "auto", "auto_batching": chosen,
+            "ratios": {"vs_lax_map": vs_lax_map, "vs_torch_compile": 1.0, "peak_fraction": 0.5}}
+  goals = bench_fit._goals({"small": setting("vmap over chunks of 16", 1.2),
+                            "large": setting("map", 0.96)})
+  assert goals["vs_lax_map"]["per_setting"] == {"small": 1.2, "large": 1.0}
+  assert goals["vs_lax_map"]["met"] and goals["vs_lax_map"]["same_program"] == ["large"]
+  goals = bench_fit._goals({"small": setting("vmap", 0.9), "large": setting("map", 0.96)})
+  assert goals["vs_lax_map"]["value"] == 0.9 and not goals["vs_lax_map"]["met"]
+
+
 def test_gpu_preset_scales_seeds_and_drops_the_loop_and_torch(monkeypatch):
   config = bench_fit.Config(preset="gpu")
   assert [(s.name, s.seeds, s.seed_chunk) for s in config.selected()] == [
