@@ -15,7 +15,8 @@
 * `evaluate`: the task's metrics, BatchNorm on its running averages.
 
 The seed axis is batched with `jax.vmap` (or `lax.map`, or `lax.map` over
-vmapped chunks of `seed_chunk` seeds), split over devices with
+vmapped chunks of `seed_chunk` seeds; by default `jaxnorm.batching.choose`
+picks), split over devices with
 `jax.shard_map` (`jaxnorm.sharding`), and the steps run under `lax.scan` in
 chunks of `chunk_steps`, between which progress is reported and the state can
 be checkpointed. At the end every frozen leaf is compared bit for bit with its
