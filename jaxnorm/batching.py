@@ -33,7 +33,7 @@ CPU_CACHE_BYTES = 2 << 20
 
 
 def choose(platform: str, seeds: int, value_bytes: int, *, full_batch: bool = False,
-           cache_bytes: int = CPU_CACHE_BYTES) -> tuple[str, Optional[int]]:
+           cache_bytes: Optional[int] = None) -> tuple[str, Optional[int]]:
   """The batching of `batching="auto"`: `(batching, seed_chunk)` for `jaxnorm.fit`.
 
   Args:
@@ -42,7 +42,8 @@ def choose(platform: str, seeds: int, value_bytes: int, *, full_batch: bool = Fa
     value_bytes: bytes of the largest value one seed's training step computes
       (`Programs.step_value_bytes`).
     full_batch: the method is full-batch (not measured: one `vmap`).
-    cache_bytes: what the seeds computed at once may hold of that value.
+    cache_bytes: what the seeds computed at once may hold of that value
+      (default `CPU_CACHE_BYTES`).
 
   Returns:
     `("vmap", None)`, `("map", None)` or `("vmap", at_once)`.
@@ -50,7 +51,7 @@ def choose(platform: str, seeds: int, value_bytes: int, *, full_batch: bool = Fa
   validate.positive_int("seeds", seeds)
   if platform != "cpu" or full_batch or value_bytes <= 0:
     return "vmap", None
-  at_once = cache_bytes // value_bytes
+  at_once = (CPU_CACHE_BYTES if cache_bytes is None else cache_bytes) // value_bytes
   if at_once >= seeds:
     return "vmap", None
   if at_once <= 1:

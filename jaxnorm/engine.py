@@ -322,12 +322,10 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   programs.check()
   if batching == "auto" and seed_chunk is None:
     chosen = batching_lib.choose(mesh.devices.flat[0].platform, per_device,
-                                 programs.step_value_bytes, full_batch=method.full_batch,
-                                 cache_bytes=batching_lib.CPU_CACHE_BYTES)
+                                 programs.step_value_bytes, full_batch=method.full_batch)
     if chosen != (plan.batching, plan.seed_chunk):
-      plan = dataclasses.replace(plan, batching=chosen[0], seed_chunk=chosen[1])
-      programs = programs_lib.cache(plan)
-      programs.check()
+      programs = programs.rebatched(*chosen)
+      plan = programs.plan
       logging.info("batching: %s%s (auto, %d seeds per device)", plan.batching,
                    f" over chunks of {plan.seed_chunk} seeds" if plan.seed_chunk else "",
                    per_device)

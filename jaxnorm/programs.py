@@ -264,6 +264,16 @@ class Programs:
   def _step_jaxpr(self):
     return jax.make_jaxpr(functools.partial(self.run_chunk, 1))(*self._abstract).jaxpr
 
+  def rebatched(self, batching: str, seed_chunk: Optional[int]) -> "Programs":
+    """The programs of this plan batched another way. What does not depend on the batching
+    (the checks, the per-seed traces and footprint) is carried over, not computed again."""
+    other = cache(dataclasses.replace(self.plan, batching=batching, seed_chunk=seed_chunk))
+    for name in _BATCHING_FREE:
+      if name in self.__dict__:
+        other.__dict__.setdefault(name, self.__dict__[name])
+    other._checked |= self._checked
+    return other
+
   def check(self) -> None:
     """Checks that method, task and model fit together; raises ConfigError (once per plan)."""
     if not self._checked:
@@ -291,6 +301,10 @@ class Programs:
     """`fn(consts, state) -> out` for every seed, batched, sharded and compiled."""
     batched = self.batched(fn)
     return jit.one_shot_jit(batched) if one_shot else jax.jit(batched)
+
+
+# Cached properties of `Programs` that depend on the plan but not on how its seeds are batched.
+_BATCHING_FREE = ("info", "footprint", "step_value_bytes", "_abstract", "_step_jaxpr")
 
 
 class ProgramCache:

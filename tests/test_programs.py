@@ -45,3 +45,14 @@ def test_footprint_and_checks_are_computed_once_per_plan():
   assert p.footprint is p.footprint and all(b > 0 for b in p.footprint[:2])
   p.check()
   p.check()   # cached: no second trace
+
+
+def test_rebatched_programs_share_the_shape_only_work():
+  with programs.cache.isolated():
+    p = programs.cache(_plan(jaxnorm.NormMLP((2, 8, 1))))
+    p.check()
+    footprint, largest = p.footprint, p.step_value_bytes
+    q = p.rebatched("map", None)
+    assert (q.plan.batching, q.plan.seed_chunk) == ("map", None) and q is not p
+    assert q.footprint is footprint and q.step_value_bytes == largest and q._checked
+    assert p.rebatched("vmap", None) is p   # the same plan: the cached programs themselves
