@@ -220,7 +220,15 @@ class Programs:
 
   @functools.cached_property
   def init(self):
-    return jit.one_shot_jit(self.batched(self.init_seed))
+    return jit.one_shot_jit(self.batched(self.init_seed), heavy=self.heavy_init)
+
+  @property
+  def heavy_init(self) -> bool:
+    """Whether one seed's init draws enough parameters to be compiled for speed
+    (`jit.one_shot_jit`'s `heavy`): decided by the model alone, so a seed's
+    initial weights do not depend on how many seeds are fitted beside it."""
+    sizes = (int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(self.model.abstract[0]))
+    return sum(sizes) >= jit.HEAVY_INIT_VALUES
 
   @functools.cached_property
   def eval(self):

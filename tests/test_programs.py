@@ -56,3 +56,15 @@ def test_rebatched_programs_share_the_shape_only_work():
     assert (q.plan.batching, q.plan.seed_chunk) == ("map", None) and q is not p
     assert q.footprint is footprint and q.step_value_bytes == largest and q._checked
     assert p.rebatched("vmap", None) is p   # the same plan: the cached programs themselves
+
+
+def test_a_large_init_is_compiled_for_speed_and_still_agrees_with_init_states():
+  from jaxnorm import engine, jit, trees  # pylint: disable=g-import-not-at-top
+  wide = jaxnorm.NormMLP((2, jit.HEAVY_INIT_VALUES // 2, 1))   # 2 * width kernel entries
+  assert programs.cache(_plan(wide)).heavy_init
+  assert not programs.cache(_plan(jaxnorm.NormMLP((2, 8, 1)))).heavy_init
+  fitted = jaxnorm.fit(wide, TASK, [0, 1], steps=1, batch_size=4)
+  alone = engine.init_states(wide, TASK, [1])
+  assert len(alone.frozen) == 2
+  for (layer, name), kernel in alone.frozen.items():   # seed 1's, fitted beside seed 0
+    assert trees.bit_identical(fitted.params[layer][name][1:], kernel), layer
