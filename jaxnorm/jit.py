@@ -21,9 +21,9 @@ def one_shot_jit(fn: Callable, *, heavy: bool = False, **jit_kwargs) -> Callable
   program that must agree bit for bit (a fit's init, `engine.init_states`)
   goes through this one. A `heavy` program (the init of a model of at least
   `HEAVY_INIT_VALUES` parameters per seed) is compiled at level 1 instead:
-  level 0's unoptimized hashing and inverse error function then cost more per
-  call than level 1's extra compilation (its values round as under plain
-  `jax.jit`). Hot loops use plain `jax.jit`. Measurements are in WORKSPACE.md
+  level 0's unoptimized hashing and inverse error function then cost more than
+  level 1's extra compilation once a few seeds are drawn or the cached program
+  runs again (its values round as under plain `jax.jit`). Hot loops use plain `jax.jit`. Measurements are in WORKSPACE.md
   ("Decisions worth knowing").
 
   Args:
