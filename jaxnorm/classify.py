@@ -35,6 +35,7 @@ from jaxnorm import methods
 from jaxnorm import models
 from jaxnorm import selection
 from jaxnorm import tasks
+from jaxnorm import trees
 from jaxnorm import validate
 
 MODES = ("norm", "output", "random_subset", "norm_output", "full")
@@ -160,10 +161,10 @@ def estimate_bytes(spec: ClassifySpec, seeds: int, n_train: int, n_test: int) ->
   """
   sample = _inputs(spec, np.zeros((1,) + tuple(spec.input_shape), np.float32))
   shapes = jax.eval_shape(spec.network().init, jax.random.key(0), sample)["params"]
-  size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-  params = size(shapes)
+  params = trees.size(shapes)
   output = (spec.output_layer(),) if spec.mode in ("output", "norm_output") else None
-  trainable = size(freeze.partition(shapes, selection.trainable_mask(spec.mode, shapes, output))[0])
+  mask = selection.trainable_mask(spec.mode, shapes, output)
+  trainable = trees.size(freeze.partition(shapes, mask)[0])
   positions = int(np.prod(sample.shape[1:-1])) if spec.model in CONV_MODELS else 1
   units = sample[0].size + (selection.count_norm_entries(shapes) // 2) * positions
   work = max(6 * spec.batch_size, 2 * min(max(n_train, n_test), EVAL_BATCH)) * units

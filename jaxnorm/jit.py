@@ -23,8 +23,8 @@ def one_shot_jit(fn: Callable, *, heavy: bool = False, **jit_kwargs) -> Callable
   `HEAVY_INIT_VALUES` parameters per seed) is compiled at level 1 instead:
   level 0's unoptimized hashing and inverse error function then cost more than
   level 1's extra compilation once a few seeds are drawn or the cached program
-  runs again (its values round as under plain `jax.jit`). Hot loops use plain `jax.jit`. Measurements are in WORKSPACE.md
-  ("Decisions worth knowing").
+  runs again (its values round as under plain `jax.jit`). Hot loops use plain
+  `jax.jit`. Measurements are in WORKSPACE.md ("Decisions worth knowing").
 
   Args:
     fn: the function to compile.

@@ -29,6 +29,7 @@ from jaxnorm import memory
 from jaxnorm import methods
 from jaxnorm import selection
 from jaxnorm import sharding
+from jaxnorm import trees
 from jaxnorm import validate
 
 
@@ -227,8 +228,7 @@ class Programs:
     """Whether one seed's init draws enough parameters to be compiled for speed
     (`jit.one_shot_jit`'s `heavy`): decided by the model alone, so a seed's
     initial weights do not depend on how many seeds are fitted beside it."""
-    sizes = (int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(self.model.abstract[0]))
-    return sum(sizes) >= jit.HEAVY_INIT_VALUES
+    return trees.size(self.model.abstract[0]) >= jit.HEAVY_INIT_VALUES
 
   @functools.cached_property
   def eval(self):

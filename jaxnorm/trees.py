@@ -1,4 +1,5 @@
-"""Pytree comparison shared by the fitting and training loops (`bit_identical`)."""
+"""Pytree comparison and counting shared by the fitting and training loops (`bit_identical`,
+`size`)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,15 @@ def bit_identical(a, b) -> bool:
     return False
   return all(x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
              for x, y in zip(map(np.asarray, leaves_a), map(np.asarray, leaves_b)))
+
+
+def size(tree) -> int:
+  """The number of elements of every leaf of `tree` (arrays or shape structs).
+
+  Args:
+    tree: a pytree of arrays or `jax.ShapeDtypeStruct`s.
+
+  Returns:
+    The total element count.
+  """
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
