@@ -84,6 +84,21 @@ def residual_jacobian(predict: Predict, params, x: jax.Array, y: jax.Array):
   return (out - y).reshape(-1), jac.reshape(-1, theta.size), unravel
 
 
+@jax.custom_batching.sequential_vmap
+def _damped_solve(jtj, damping, scale, grad):
+  """`-(jtj + damping diag(scale))^{-1} grad` by Cholesky, one system per LAPACK call.
+
+  Under `vmap` (seeds, restarts) this runs as a loop over the systems
+  (`sequential_vmap`) rather than one batched LAPACK call. jaxlib's CPU kernels
+  split a batch over XLA's intra-op thread pool and block a pool thread until
+  the parts are done; when every pool thread does so at once (one batched call
+  per CPU device, with one device per core) none is left to run the parts and
+  the program never returns. A single system takes the kernel's serial path.
+  """
+  chol = jax.scipy.linalg.cho_factor(jtj + damping * jnp.diag(scale))
+  return -jax.scipy.linalg.cho_solve(chol, grad)
+
+
 def lm_step(predict: Predict, params, x: jax.Array, y: jax.Array, weight, state: LMState):
   """One Levenberg–Marquardt step on `loss = weight * sum((predict(params, x) - y)**2)`.
 
@@ -108,8 +123,7 @@ def lm_step(predict: Predict, params, x: jax.Array, y: jax.Array, weight, state:
   grad = jac.T @ r
   diag = jnp.diagonal(jtj)
   scale = diag + DIAG_FLOOR * jnp.max(diag)
-  chol = jax.scipy.linalg.cho_factor(jtj + state.damping * jnp.diag(scale))
-  delta = -jax.scipy.linalg.cho_solve(chol, grad)
+  delta = _damped_solve(jtj, state.damping, scale, grad)
   theta, _ = ravel_pytree(params)
   candidate = theta + delta
   r_new = (jax.vmap(predict, in_axes=(None, 0))(unravel(candidate), x) - y).reshape(-1) * sw

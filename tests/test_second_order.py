@@ -1,5 +1,7 @@
 """Tests for jaxnorm.second_order: Levenberg–Marquardt steps and fits."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,3 +46,25 @@ def test_lm_fit_refuses_non_finite_data_on_a_direct_call():
   params = {"w": jnp.zeros((2, 1)), "b": jnp.zeros(1)}
   with np.testing.assert_raises_regex(ValueError, "y must be finite"):
     second_order.lm_fit(_linear, params, x, y, 1.0, 2)
+
+
+def test_seeds_under_vmap_solve_one_system_per_lapack_call_and_match_one_at_a_time():
+  """jaxlib's CPU LAPACK kernels split a batch over XLA's thread pool and block a pool thread on
+  it (a deadlock with one device per core): vmapped steps must call them on single systems."""
+  key_x, key_p = jax.random.split(jax.random.key(1))
+  x = jax.random.normal(key_x, (3, 20, 3))
+  y = jnp.sin(x[..., :2])
+  params = {"w": 0.1 * jax.random.normal(key_p, (3, 3, 2)), "b": jnp.zeros((3, 2))}
+  state = second_order.lm_init()
+  step = lambda p, xs, ys: second_order.lm_step(_linear, p, xs, ys, 1.0, state)
+  batched = jax.jit(jax.vmap(step))
+  hlo = batched.lower(params, x, y).as_text()
+  calls = [l for l in hlo.splitlines() if "custom_call @lapack_" in l]
+  shapes = [t for l in calls for t in re.findall(r"tensor<([^>]*)>", l)]
+  assert len(calls) >= 2 and shapes, hlo   # the Cholesky factor and its triangular solves
+  assert all(t.count("x") <= 2 for t in shapes), shapes   # matrices and vectors: no seed axis
+  out = batched(params, x, y)
+  for i in range(3):
+    one = jax.jit(step)(jax.tree.map(lambda a: a[i], params), x[i], y[i])
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(one)):
+      np.testing.assert_array_equal(np.asarray(a)[i], np.asarray(b))
