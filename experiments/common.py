@@ -1,7 +1,8 @@
 """What every experiment main shares: multi-host start-up, run control flags, one-line errors.
 
 The flags defined here (`--checkpoint_every`, `--stop_after_chunks`,
-`--overwrite`, `--distributed` and its addresses) exist in every experiment.
+`--overwrite`, `--distributed` and its addresses, `--cpu_devices`) exist in every
+experiment.
 """
 
 import logging as std_logging
@@ -16,6 +17,7 @@ from absl import flags
 from absl import logging
 
 from jaxnorm import checkpoint
+from jaxnorm import sharding
 from jaxnorm import validate
 
 CHECKPOINT_EVERY = flags.DEFINE_integer(
@@ -33,6 +35,10 @@ COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                   "host:port of process 0 (--distributed).")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (--distributed).")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (--distributed).")
+CPU_DEVICES = flags.DEFINE_string(
+    "cpu_devices", None, "Split the CPU into this many JAX devices ('auto': one per core), so "
+    "that the seeds' shards run side by side (jaxnorm.set_cpu_devices); default: JAX's own "
+    "(one CPU device, or the count XLA_FLAGS forces). GPUs and TPUs are unaffected.")
 
 PREEMPTED_EXIT = 3     # stopped after saving (--stop_after_chunks): re-run to resume
 IO_ERROR_EXIT = 4      # a write failed (e.g. the disk is full): free space, re-run to resume
@@ -134,7 +140,8 @@ def _quiet_unraisable(unraisable) -> None:
 
 
 def start() -> None:
-  """Joins the multi-host job if asked, then logs processes and devices (first thing in main).
+  """Splits the CPU into devices and joins the multi-host job if asked, then logs processes and
+  devices (first thing in main, before any JAX computation).
 
   Log lines are plain (`time  message`); Orbax's own INFO lines (a dozen per
   checkpoint) and JAX's note on each accelerator backend it could not load are
@@ -146,6 +153,8 @@ def start() -> None:
   logging.get_absl_logger().addFilter(_not_noise)
   for name in ("jax._src.xla_bridge", "asyncio"):
     std_logging.getLogger(name).addFilter(_not_noise)
+  if CPU_DEVICES.value is not None:
+    run_or_exit(lambda: sharding.set_cpu_devices(_cpu_count(CPU_DEVICES.value)))
   if DISTRIBUTED.value:
     try:
       jax.distributed.initialize(coordinator_address=COORDINATOR.value,
@@ -155,6 +164,19 @@ def start() -> None:
   logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   logging.info("global devices: %d (%s)", jax.device_count(), jax.default_backend())
+
+
+def _cpu_count(value: str):
+  """`--cpu_devices`: None for 'auto' (one per core), else the positive count it gives."""
+  if value.strip().lower() == "auto":
+    return None
+  try:
+    count = int(value)
+  except ValueError:
+    count = 0
+  if count < 1:
+    raise validate.ConfigError(f"--cpu_devices must be 'auto' or a positive count, got {value!r}")
+  return count
 
 
 def control() -> checkpoint.Control:

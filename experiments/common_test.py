@@ -23,7 +23,8 @@ def test_helpshort_exits_0_with_own_and_run_control_flags(experiment, own_flag, 
   out = proc.stdout
   assert f"python -m experiments.{experiment}" in out   # the docstring with its commands
   assert f"  {own_flag}:" in out and "  --config:" in out and "  --workdir:" in out
-  for shared in ("--checkpoint_every", "--stop_after_chunks", "--[no]overwrite", "--[no]distributed"):
+  for shared in ("--checkpoint_every", "--stop_after_chunks", "--[no]overwrite", "--[no]distributed",
+                 "--cpu_devices"):
     assert shared in out, shared
 
 
@@ -31,6 +32,7 @@ def test_helpshort_exits_0_with_own_and_run_control_flags(experiment, own_flag, 
     (["--workdir=W", "--no_such_flag=1"], "no_such_flag"),   # (a missing --workdir: same path)
     (["--workdir=W", "stray"], "unexpected arguments: stray"),
     (["--workdir=W", "--config=nope"], "nope"),
+    (["--workdir=W", "--cpu_devices=two"], "--cpu_devices must be 'auto' or a positive count"),
 ])
 def test_a_bad_command_line_is_one_line_and_exit_code_2(argv, needle, tmp_path):
   argv = [a.replace("=W", f"={tmp_path / 'w'}") for a in argv]
@@ -40,6 +42,18 @@ def test_a_bad_command_line_is_one_line_and_exit_code_2(argv, needle, tmp_path):
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_cpu_devices_splits_the_cpu_and_levenberg_marquardt_returns_on_it(tmp_path):
+  """Two seeds per device on two CPU devices: jaxlib's batched LAPACK kernels would block both
+  pool threads at once (a deadlock, hence the timeout); jaxnorm solves one system per call."""
+  argv = [sys.executable, "-m", "experiments.fit_target", f"--workdir={tmp_path}",
+          "--cpu_devices=2", "--optimizers=lm", "--target_widths=4,8,4", "--width_multipliers=1",
+          "--seeds=4", "--steps=4", "--chunk_steps=4", "--fit_size=32", "--eval_size=32"]
+  proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "global devices: 2 (cpu)" in proc.stderr
+  assert "seeds spread over 2 device(s)" in proc.stdout
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143)])   # Ctrl-C: the same path

@@ -9,7 +9,8 @@ program split over every device (batched as `choose_batching` picks: one `vmap`,
 `Construct`). Models (`NormMLP`, `TargetMLP`; the conv nets `NormResNet`, `NormVGG`,
 `NormConvNet`, `ShiftConv`), the freezing
 guarantee (`norm_mask`, `norm_filter`, `norm_only`, `partition`, `combine`),
-the `fit_target` experiment's fits (`FitSpec`, `fit_seeds`, `seed_mesh`), checkpoints that let a fit resume (`Checkpoints`, `FitSlot`,
+the `fit_target` experiment's fits (`FitSpec`, `fit_seeds`, `seed_mesh`; `set_cpu_devices` splits
+a CPU into one device per core), checkpoints that let a fit resume (`Checkpoints`, `FitSlot`,
 `Control`), second-order and distillation fitting (`lm_fit`, `fit_student`,
 `linear_regime_norms`, `widest_student`; `extract_mlp` reads an MLP with two hidden layers
 out of queries of a black box), norm-only classifiers on real data (`ClassifySpec`,
@@ -83,6 +84,7 @@ from jaxnorm.tasks import Classification
 from jaxnorm.tasks import RandomMLP
 from jaxnorm.tasks import Regression
 from jaxnorm.sharding import seed_mesh
+from jaxnorm.sharding import set_cpu_devices
 from jaxnorm.validate import ConfigError
 
 __version__ = "0.1.0"

@@ -325,11 +325,21 @@ def _row_norms(w: np.ndarray) -> np.ndarray:
                          for c in (w[i:i + step] for i in range(0, w.shape[0], step))])
 
 
-def block_norms(xp, w_in, w_out, gamma, bias, realised, radius, h):
+@jax.custom_batching.sequential_vmap
+def _spectral_norm(a):
+  """`jnp.linalg.norm(a, 2)`, one matrix per LAPACK call under `vmap`."""
+  return jnp.linalg.norm(a, 2)
+
+
+def block_norms(xp, w_in, w_out, gamma, bias, realised, radius, h, *, one_matrix_per_call=False):
   """Steps 2–4 for one block, with `xp` = numpy (host) or jax.numpy (vmappable).
 
   The big matrices stay in the working dtype; on the host the small vectors
-  are float64.
+  are float64. `one_matrix_per_call` (jax.numpy under `vmap` over several CPU
+  devices) computes the spectral norm one matrix per LAPACK call, since
+  jaxlib's batched CPU kernels block a thread of XLA's shared pool on their
+  parts (docs/design.md, "One CPU device per core"); it may round the result
+  differently in the last bit, so one device keeps the batched call.
 
   Returns:
     `(beta_{2i-1}, beta_{2i}), next radius, next data, (max |beta|, input radius)`.
@@ -337,7 +347,8 @@ def block_norms(xp, w_in, w_out, gamma, bias, realised, radius, h):
   if h is None:
     norms = _row_norms(w_in) if xp is np else xp.linalg.norm(w_in, axis=1)
     beta1 = xp.abs(gamma) * norms.astype(gamma.dtype) * radius
-    next_radius = xp.linalg.norm(realised, 2) * radius + xp.linalg.norm(bias)
+    spectral = _spectral_norm(realised) if one_matrix_per_call else xp.linalg.norm(realised, 2)
+    next_radius = spectral * radius + xp.linalg.norm(bias)
     in_radius, next_h = radius, None
   else:
     lo, hi = _unit_range(xp, w_in, h)

@@ -181,10 +181,15 @@ def _lstsq_seeds(seeds, inputs, outputs, mesh, dtype):
 def _batched_block(tol, maxiter, r_axis, h_axis, mesh):
   """A jitted vmap over seeds of (cg solve, shifts) for one block, split over `mesh`."""
 
+  # several CPU devices share XLA's thread pool: LAPACK one matrix at a time (see block_norms)
+  several = (mesh is not None and mesh.local_mesh.size > 1
+             and mesh.devices.flat[0].platform == "cpu")
+
   def one(w_in, w_out, t, bias, r, h):
     with jax.default_matmul_precision("highest"):   # shifts bound the real products, on any device
       res = krylov.solve_min_norm(w_in, w_out, t, tol=tol, maxiter=maxiter)
-      return (res,) + block_norms(jnp, w_in, w_out, res.gamma, bias, res.realised, r, h)
+      return (res,) + block_norms(jnp, w_in, w_out, res.gamma, bias, res.realised, r, h,
+                                  one_matrix_per_call=several)
 
   batched = jax.vmap(one, in_axes=(0, 0, 0, 0, r_axis, h_axis))
   if mesh is None:

@@ -233,7 +233,7 @@ def init_states(model, task, seeds: Sequence[int], *, trainable: selection.Train
   _check_task(task)
   seed_ids = validate.seed_ids(seeds)
   method = _as_method(optimizer, 1)
-  mesh = sharding.seed_mesh(None)
+  mesh = sharding.seed_mesh(None, seeds=seed_ids.size)
   sample = task.sample()
   programs = programs_lib.cache(programs_lib.Plan(
       model, (sample.shape, sample.dtype), task, method, trainable, 2, seed, "vmap", mesh, None))
@@ -281,7 +281,8 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
     batching: `"auto"` (default: `jaxnorm.batching.choose` picks one of the
       others from the platform and the step's largest value), `"vmap"` (one
       program for all seeds) or `"map"` (`lax.map`, one seed at a time).
-    devices: devices to spread the seeds over (`None`/0: all).
+    devices: devices to spread the seeds over (`None`/0: all, or as many as there are seeds
+      when they are fewer, in a single-process job).
     seed_chunk: with `"vmap"` or `"auto"`, `lax.map` over vmapped chunks of
       this many seeds per device (less memory traffic).
     start: optional start phase `start(run, state) -> state` run once before
@@ -311,9 +312,9 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   if on_chunk is not None and not callable(on_chunk):
     raise validate.ConfigError("on_chunk must be callable")
   method = _as_method(optimizer, steps)
-  mesh = sharding.seed_mesh(devices)
-  sample = task.sample()
   n = seed_ids.size
+  mesh = sharding.seed_mesh(devices, seeds=n)
+  sample = task.sample()
   per_device = sharding.padded_count(n, mesh) // mesh.size
   plan = programs_lib.Plan(model, (sample.shape, sample.dtype), task, method, trainable,
                            batch_size, seed, "vmap" if batching == "auto" else batching, mesh,
@@ -322,7 +323,8 @@ def fit(model, task, seeds: Sequence[int] | int, *, trainable: selection.Trainab
   programs.check()
   if batching == "auto" and seed_chunk is None:
     chosen = batching_lib.choose(mesh.devices.flat[0].platform, per_device,
-                                 programs.step_value_bytes, full_batch=method.full_batch)
+                                 programs.step_value_bytes, full_batch=method.full_batch,
+                                 devices=mesh.local_mesh.size)
     if chosen != (plan.batching, plan.seed_chunk):
       programs = programs.rebatched(*chosen)
       plan = programs.plan

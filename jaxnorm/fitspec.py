@@ -362,7 +362,7 @@ def fit_seeds(spec: FitSpec, seed_ids: Sequence[int], target=None,
       not be the network's (only `construct`, which reads it, needs them).
     on_chunk: optional callback receiving a `ChunkReport` after every chunk.
     batching: `"auto"`, `"vmap"` or `"map"` (see `jaxnorm.fit`).
-    devices: how many devices to spread the seeds over (`None`/0: all).
+    devices: how many devices to spread the seeds over (see `jaxnorm.fit`).
     seed_chunk: seeds per vmapped chunk (see `jaxnorm.fit`).
     checkpoint: optional `Checkpoint`: resume from it, and save into it.
 

@@ -12,6 +12,7 @@ and results are gathered with `multihost_utils.process_allgather`.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -26,13 +27,50 @@ from jaxnorm import validate
 SEED_AXIS = "seeds"
 
 
-def seed_mesh(devices: Optional[int | Sequence[jax.Device]] = None) -> Mesh:
+def set_cpu_devices(count: Optional[int] = None) -> int:
+  """Makes JAX's CPU backend show `count` devices (default: one per core this process may use).
+
+  A fit spreads its seeds over every device, so with one CPU device per core
+  the seed shards run side by side, each program on its own core, instead of
+  one program whose small operations leave cores idle. A computation placed on
+  one device still uses every core: the CPU devices share one thread pool.
+  GPU and TPU devices are unaffected (the CPU backend exists beside them).
+  Call this before JAX's first computation: the device count is fixed when
+  JAX starts. It sets `jax_num_cpu_devices`, which overrides
+  `XLA_FLAGS=--xla_force_host_platform_device_count`.
+
+  Args:
+    count: CPU devices; `None` for the cores in this process's CPU affinity.
+
+  Returns:
+    The count set.
+
+  Raises:
+    validate.ConfigError: `count` below 1, or JAX has already started.
+  """
+  count = len(os.sched_getaffinity(0)) if count is None else validate.positive_int(
+      "cpu devices", count)
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:
+    raise validate.ConfigError(
+        "the CPU device count must be set before JAX's first computation (it is fixed when JAX "
+        "starts)") from None
+  return count
+
+
+def seed_mesh(devices: Optional[int | Sequence[jax.Device]] = None,
+              seeds: Optional[int] = None) -> Mesh:
   """A one-axis mesh (`"seeds"`) over the devices the seeds are spread on.
 
   Args:
     devices: `None` or `0` for every device of every process; a positive int
       `n` for the first `n` devices (`jax.devices()` order); or a list of
       devices.
+    seeds: with `devices` `None` or `0` in a single-process job, the number of
+      seeds to spread: a mesh of at most that many devices, so that no device
+      holds padding alone (e.g. one seed on a CPU split into one device per
+      core). Ignored otherwise.
 
   Returns:
     The mesh.
@@ -43,6 +81,8 @@ def seed_mesh(devices: Optional[int | Sequence[jax.Device]] = None) -> Mesh:
   available = jax.devices()
   if devices is None or (isinstance(devices, int) and devices == 0):
     chosen = available
+    if seeds is not None and jax.process_count() == 1:
+      chosen = available[:max(1, seeds)]
   elif isinstance(devices, int):
     if isinstance(devices, bool) or devices < 0:
       raise validate.ConfigError(f"devices must be 0 (all) or a positive count, got {devices!r}")

@@ -39,8 +39,9 @@ def main(workdir):
   out = {}
   spec = jaxnorm.FitSpec(target_widths=(3, 4, 2), hidden_widths=(12, 8), steps=20,
                          chunk_steps=10, batch_size=16, eval_size=64)
-  for name, kwargs in (("one", dict(devices=1)), ("all", {}), ("chunked", dict(seed_chunk=1))):
-    r = jaxnorm.fit_seeds(spec, range(6), **kwargs)
+  for name, seeds, kwargs in (("one", 6, dict(devices=1)), ("all", 6, {}),
+                              ("chunked", 6, dict(seed_chunk=1)), ("few", 3, {})):
+    r = jaxnorm.fit_seeds(spec, range(seeds), **kwargs)
     out[name] = dict(rel_mse=r.rel_mse.tolist(), curve=r.loss_curve.tolist(),
                      devices=r.devices, per_device=list(r.seeds_per_device),
                      frozen=bool(r.frozen_unchanged), seeds=r.seed_ids.tolist(),

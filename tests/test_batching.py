@@ -31,6 +31,15 @@ def test_the_budget_is_a_parameter():
   assert jaxnorm.choose_batching is batching.choose
 
 
+def test_cpu_devices_share_the_caches():
+  """One device per core (bench_fit's small setting, 32 seeds per device): 1 MiB each."""
+  assert batching.choose("cpu", 32, 128 << 10, devices=2) == ("vmap", 8)
+  assert batching.choose("cpu", 32, 128 << 10, devices=1) == ("vmap", 16)
+  assert batching.choose("cpu", 2, 2 * MIB, devices=2) == ("map", None)
+  with pytest.raises(jaxnorm.ConfigError, match="devices"):
+    batching.choose("cpu", 8, MIB, devices=0)
+
+
 def test_bad_seed_count():
   with pytest.raises(jaxnorm.ConfigError, match="seeds"):
     batching.choose("cpu", 0, MIB)

@@ -6,6 +6,8 @@ Its problem generators (`Rng`, `make_problem`, `ball_and_sphere`, `rel_err`,
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -386,3 +388,25 @@ def test_norms_that_overflow_are_refused_not_called_exact():
   target = [(w * 1e37, b) for w, b in target]            # shifts beyond float32's range
   with pytest.raises(ValueError, match="block 1: the rebuilt norms are not finite"):
     construct.reconstruct(target, frozen, radius=1e3)
+
+
+def test_vmapped_block_norms_can_take_one_matrix_per_lapack_call_and_match_one_at_a_time():
+  """Over several CPU devices, the spectral norm of the realised layer, batched over seeds, is one
+  matrix per LAPACK call (jaxlib's batched CPU kernels can deadlock XLA's pool)."""
+  rng = np.random.default_rng(0)
+  s, d, m = 3, 4, 20
+  args = (rng.normal(size=(s, m, d)), rng.normal(size=(s, d, m)), rng.normal(size=(s, m)),
+          rng.normal(size=(s, d)), rng.normal(size=(s, d, d)))
+  args = tuple(jnp.asarray(a, jnp.float32) for a in args)
+  one = lambda w_in, w_out, g, b, r: construct.block_norms(jnp, w_in, w_out, g, b, r, 1.5, None,
+                                                          one_matrix_per_call=True)
+  batched = jax.jit(jax.vmap(one))
+  hlo = batched.lower(*args).as_text()
+  calls = [l for l in hlo.splitlines() if "custom_call @lapack_" in l]
+  shapes = [t for l in calls for t in re.findall(r"tensor<([^>]*)>", l)]
+  assert calls and all(t.count("x") <= 2 for t in shapes), shapes
+  out = batched(*args)
+  for i in range(s):
+    single = jax.jit(one)(*(a[i] for a in args))
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(single)):   # sums may round apart
+      np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b), rtol=1e-6)

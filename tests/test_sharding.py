@@ -91,6 +91,12 @@ def test_each_device_holds_its_share_of_seeds(four_devices):
   assert four_devices["all"]["per_device"] == [2, 2, 2, 2]   # 6 seeds padded to 8
 
 
+def test_fewer_seeds_than_devices_take_one_device_each_and_no_padding(four_devices):
+  few = four_devices["few"]
+  assert few["per_device"] == [1, 1, 1] and few["devices"] == 3
+  np.testing.assert_allclose(few["rel_mse"], four_devices["one"]["rel_mse"][:3], rtol=1e-5)
+
+
 def test_seed_chunks_match_one_vmap(four_devices):
   np.testing.assert_allclose(four_devices["chunked"]["rel_mse"], four_devices["one"]["rel_mse"],
                              rtol=1e-5)
@@ -111,6 +117,20 @@ def test_pad_seed_ids_repeats_the_last():
   mesh = sharding.seed_mesh(1)
   assert sharding.pad_seed_ids(np.array([3, 5]), mesh).tolist() == [3, 5]
   assert sharding.padded_count(5, mesh) == 5
+
+
+def test_set_cpu_devices_refuses_a_started_jax_or_a_bad_count():
+  """The success path (a split CPU) runs in experiments/common_test.py, in a fresh process."""
+  sharding.seed_mesh()   # JAX has started
+  with pytest.raises(validate.ConfigError, match="before JAX's first computation"):
+    sharding.set_cpu_devices(2)
+  with pytest.raises(validate.ConfigError, match="positive"):
+    sharding.set_cpu_devices(0)
+
+
+def test_a_mesh_for_fewer_seeds_than_devices():
+  assert sharding.seed_mesh(None, seeds=1).size == 1
+  assert sharding.seed_mesh(1, seeds=5).size == 1
 
 
 def test_too_many_devices_is_a_config_error():

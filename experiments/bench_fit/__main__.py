@@ -11,7 +11,11 @@ Two settings by default: `small` (--seeds, --target_widths, --width,
 end and steps alone, and the first call's, compilation included),
 seed-steps/s, GFLOP/s, the share of the measured float32 matmul peak and of
 the roofline, and jaxnorm's speed-up over each method, then the ratios and
-goals; writes results.json into --workdir. The PyTorch peers run when torch
+goals; writes results.json into --workdir. The CPU is split into one JAX device
+per core by default (`--cpu_devices=auto`; `--cpu_devices=1` for one device):
+jaxnorm's fits spread their seeds over those devices, while the single-program
+peers (hand-written JAX, PyTorch) use every core through their thread pools,
+as they would on their own. The PyTorch peers run when torch
 is installed (its CPU build: `pip install torch==2.13.0 --index-url
 https://download.pytorch.org/whl/cpu`), else they are skipped. Every flag
 below overrides the field of the named --config.
@@ -30,6 +34,8 @@ from experiments import config_flags
 from experiments.bench_fit import experiment as bench_fit
 
 CONFIG = config_flags.define(bench_fit.Config, "experiments.bench_fit.configs")
+# jaxnorm on a CPU as its docs advise: one device per core (the peers run as they are).
+flags.set_default(common.CPU_DEVICES, "auto")
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results.json.")
 flags.mark_flag_as_required("workdir")
 
