@@ -8,7 +8,9 @@ cosine schedule), for the same number of steps:
 
 * `auto`: `jaxnorm.fitspec.fit_seeds` as a user calls it: the engine's
   default `batching="auto"` (`jaxnorm.batching.choose`: one `vmap`, `lax.map`,
-  or vmapped chunks of seeds, from the platform and the step's largest value);
+  or vmapped chunks of seeds, from the platform and the step's largest value),
+  its seeds spread over the process's devices like every jaxnorm row (the
+  command line splits a CPU into one device per core by default);
 * `vmap`: the same with all seeds in one `vmap`;
 * `vmap_chunk`: the same with `seed_chunk` (`lax.map` over vmapped chunks of
   seeds; only for a setting whose `seed_chunk` is set);
