@@ -23,8 +23,8 @@ def test_helpshort_exits_0_with_own_and_run_control_flags(experiment, own_flag, 
   out = proc.stdout
   assert f"python -m experiments.{experiment}" in out   # the docstring with its commands
   assert f"  {own_flag}:" in out and "  --config:" in out and "  --workdir:" in out
-  for shared in ("--checkpoint_every", "--stop_after_chunks", "--[no]overwrite", "--[no]distributed",
-                 "--cpu_devices"):
+  for shared in ("--checkpoint_every", "--stop_after_chunks", "--[no]overwrite",
+                 "--[no]distributed", "--cpu_devices"):
     assert shared in out, shared
 
 

@@ -36,7 +36,8 @@ from jaxnorm import validate
 _NONE = "none"
 
 
-def hparam(default: Any = dataclasses.MISSING, help: str = "", *,  # pylint: disable=redefined-builtin
+def hparam(default: Any = dataclasses.MISSING,
+           help: str = "", *,  # pylint: disable=redefined-builtin
            aliases: tuple[str, ...] = (), prefix: str = "", flag: bool = True) -> Any:
   """A `Config` field with its flag's help text (one declaration per hyperparameter).
 
@@ -197,7 +198,8 @@ class ConfigFlags:
     config = self.named(self._flag_values["config"].value)
     for field in self._fields:
       if self.present(field.flag):
-        config = _replace(config, field.path, self.parse(field, self._flag_values[field.flag].value))
+        value = self._flag_values[field.flag].value
+        config = _replace(config, field.path, self.parse(field, value))
     return config
 
 

@@ -145,8 +145,9 @@ class Run:
             f"delete that file")
       if saved != self.config:
         raise validate.ConfigError(
-            f"workdir {self.workdir} holds a run with another config ({_differences(saved, self.config)}); "
-            f"pass --overwrite to replace it, or use another workdir")
+            f"workdir {self.workdir} holds a run with another config "
+            f"({_differences(saved, self.config)}); pass --overwrite to replace it, or use another "
+            f"workdir")
     self.finished: Optional[dict[str, Any]] = None
     self.timings: dict[str, Any] = {}
     if not control.overwrite and os.path.exists(results_path):

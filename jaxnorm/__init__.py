@@ -15,8 +15,9 @@ a CPU into one device per core), checkpoints that let a fit resume (`Checkpoints
 `linear_regime_norms`, `widest_student`; `extract_mlp` reads an MLP with two hidden layers
 out of queries of a black box), norm-only classifiers on real data (`ClassifySpec`,
 `train_classifier`), and the exact construction (`reconstruct`,
-`reconstruct_batch`, `reconstruct_conv` for CNNs (`construct_conv.Conv`, `Dense`, `AvgPool`, `MaxPool`, `Flatten`), its thresholds `tolerances`, exported with `norm_mlp_variables`). The experiments
-live outside the library, in `experiments/<name>/`.
+`reconstruct_batch`, `reconstruct_conv` for CNNs (`construct_conv.Conv`, `Dense`, `AvgPool`,
+`MaxPool`, `Flatten`), its thresholds `tolerances`, exported with `norm_mlp_variables`). The
+experiments live outside the library, in `experiments/<name>/`.
 """
 
 from jaxnorm.batching import choose as choose_batching

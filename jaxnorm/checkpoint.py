@@ -221,7 +221,7 @@ class Checkpoints:
                       f"resume")
 
   def chunk_done(self, meta: dict[str, Any], state=None, save: bool = False) -> None:
-    """Counts one chunk of work; saves when due (or `save`); raises `Preempted` when told to stop."""
+    """Counts one chunk of work; saves when due (or `save`); raises `Preempted` if told to stop."""
     self._chunks += 1
     self._unsaved += 1
     stop = self._control.stop_after_chunks

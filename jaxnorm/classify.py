@@ -203,7 +203,7 @@ def _inputs(spec, x):
 
 
 def task(spec: ClassifySpec, split: data.Split) -> tasks.Classification:
-  """The `Classification` task of a cell on `split` (images for the conv nets, augmented if asked)."""
+  """The `Classification` task of a cell on `split` (images for conv nets, augmented if asked)."""
   augment = None
   if spec.crop_pad or spec.flip:
     image = data.as_images(np.zeros((1,) + tuple(spec.input_shape))).shape[1:]

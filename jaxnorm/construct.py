@@ -423,7 +423,8 @@ def reconstruct(target, frozen, *, radius=None, data=None, solver: str = "auto",
     check_width(i, m, dims[i], dims[i + 1], allow_inexact)
   dtype = working_dtype([a for layer in target for a in layer] + list(frozen))
   frozen = tuple(jnp.asarray(w, dtype) for w in frozen)
-  # cg aims at krylov.default_tol (stricter in float64); a block is exact within tolerances(dtype).residual
+  # cg aims at krylov.default_tol (stricter in float64); a block is exact within
+  # tolerances(dtype).residual
   aim, tol = ((krylov.default_tol(dtype), tolerances(dtype).residual) if tol is None
               else (float(tol), float(tol)))
   r = None if radius is None else float(radius)

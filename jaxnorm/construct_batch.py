@@ -80,7 +80,8 @@ def reconstruct_batch(target, frozen, *, radius=None, data=None, tol: float | No
 
   frozen = tuple(padded(w) for w in frozen)
   target = [(padded(w), padded(b)) for w, b in target]
-  # cg aims at krylov.default_tol; a block is exact within tolerances(dtype).residual (as in `reconstruct`)
+  # cg aims at krylov.default_tol; a block is exact within tolerances(dtype).residual
+  # (as in `reconstruct`)
   aim, tol = ((krylov.default_tol(dtype), tolerances(dtype).residual) if tol is None
               else (float(tol), float(tol)))
   r = None if radius is None else jnp.asarray(radius, dtype)

@@ -34,10 +34,10 @@ class ShiftConv(nn.Module):
   """A bias-free 3x3 convolution (padding 1) computed as nine shifted matrix products.
 
   Same parameter (`kernel [3, 3, in, out]`) and result as `nn.Conv(out, (3, 3),
-  strides, padding=1, use_bias=False)` (for stride 1: `padding="SAME"`), but under `jax.vmap` over a batch of kernels it becomes
-  batched matrix products (forward and backward) instead of a grouped
-  convolution, which XLA's CPU backend runs slowly (measurements in
-  WORKSPACE.md, "Implementation notes").
+  strides, padding=1, use_bias=False)` (for stride 1: `padding="SAME"`), but
+  under `jax.vmap` over a batch of kernels it becomes batched matrix products
+  (forward and backward) instead of a grouped convolution, which XLA's CPU
+  backend runs slowly (measurements in WORKSPACE.md, "Implementation notes").
 
   Attributes:
     features: output channels.

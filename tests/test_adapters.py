@@ -36,14 +36,16 @@ def test_train_updates_statistics_and_eval_uses_them(model):
   assert jax.tree.leaves(state)   # batch statistics
   out_train, new_state = m.apply(params, state, X, True)
   np.testing.assert_allclose(out_train.mean(0), params_bias(params), atol=1e-5)  # batch-normalised
-  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)))
+  assert not all(np.allclose(a, b)
+                 for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)))
   out_eval, same = m.apply(params, new_state, X, False)
   assert same is new_state and not np.allclose(out_eval, out_train)
 
 
 def params_bias(params):
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  return [v for p, v in flat if ("bn" in str(p).lower() or "BatchNorm" in str(p)) and "bias" in str(p)][0]
+  return [v for p, v in flat
+          if ("bn" in str(p).lower() or "BatchNorm" in str(p)) and "bias" in str(p)][0]
 
 
 def test_each_seed_key_draws_its_own_weights_and_vmaps():

@@ -90,7 +90,8 @@ def test_seed_alone_equals_seed_among_others(split):
 @pytest.mark.parametrize("change,needle", [
     (dict(mode="weights"), "weights"), (dict(model="transformer"), "transformer"),
     (dict(model="resnet", depth=9), r"6n \+ 2"), (dict(model="resnet", depth=6 * 40 + 2), "32"),
-    (dict(input_shape=(63,), model="vgg"), "not images"), (dict(n_classes=5), "and 5 classes, the data has"),
+    (dict(input_shape=(63,), model="vgg"), "not images"),
+    (dict(n_classes=5), "and 5 classes, the data has"),
     (dict(width=0), "width"), (dict(keep_prob=0.0), "0.0"), (dict(steps=-1), "steps")])
 def test_bad_spec(split, change, needle):
   with pytest.raises(jaxnorm.ConfigError, match=needle):

@@ -35,7 +35,8 @@ def test_the_library_imports_no_experiment_only_package():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   code = ("import pkgutil, importlib, sys, jaxnorm\n"
-          "for m in pkgutil.iter_modules(jaxnorm.__path__): importlib.import_module('jaxnorm.' + m.name)\n"
+          "for m in pkgutil.iter_modules(jaxnorm.__path__):\n"
+          "  importlib.import_module('jaxnorm.' + m.name)\n"
           "print(sorted(k for k in ('matplotlib', 'sklearn') if k in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"

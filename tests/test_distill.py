@@ -1,4 +1,4 @@
-"""Tests for jaxnorm.distill: same-shape students fitted to a teacher, and the linear-regime shifts."""
+"""Tests for jaxnorm.distill: same-shape students fitted to a teacher; the linear-regime shifts."""
 
 import jax
 import jax.numpy as jnp

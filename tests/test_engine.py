@@ -231,7 +231,8 @@ def test_a_user_loss_replaces_the_default():
   assert result.loss_curve.max() < 1.0   # a mean absolute error on |y| <= 1, not a relative MSE
 
 
-@pytest.mark.parametrize("trainable", ["output", "norm_output", "random_subset", "full", "callable"])
+@pytest.mark.parametrize("trainable",
+                         ["output", "norm_output", "random_subset", "full", "callable"])
 def test_every_trainable_choice_on_a_user_model(trainable):
   choice = trainable
   if trainable == "callable":   # the second conv's kernel only
@@ -398,7 +399,8 @@ BAD = [
     (lambda: jaxnorm.fit(NoTrain(), DIGITS, 2), "no `train` argument"),
     (lambda: jaxnorm.fit(NoNorm(), DIGITS, 2), "no normalization"),
     (lambda: jaxnorm.fit(LinenCNN(), DIGITS, 2, trainable="bias"), "unknown trainable 'bias'"),
-    (lambda: jaxnorm.fit(LinenCNN(), DIGITS, 2, trainable=lambda p: jax.tree.map(lambda _: False, p)),
+    (lambda: jaxnorm.fit(LinenCNN(), DIGITS, 2,
+                         trainable=lambda p: jax.tree.map(lambda _: False, p)),
      "selects no parameter"),
     (lambda: jaxnorm.fit(LinenCNN(), DIGITS, 2, optimizer="adam"), "optimizer must be"),
     (lambda: jaxnorm.fit(LinenCNN(), DIGITS, 2, optimizer=jaxnorm.LevenbergMarquardt()),

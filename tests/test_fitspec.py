@@ -1,4 +1,4 @@
-"""Tests for jaxnorm.fitspec: `fit_seeds` on a `FitSpec` — many seeds in one program, frozen leaves untouched."""
+"""Tests for jaxnorm.fitspec: `fit_seeds` on a `FitSpec`, many seeds in one program, frozen kept."""
 
 import dataclasses
 import functools
@@ -293,7 +293,8 @@ def test_target_dims_that_do_not_chain_raise(no_compute):
   w1, w2 = jax.random.normal(key, (4, 3)), jax.random.normal(key, (2, 5))
   with pytest.raises(jaxnorm.ConfigError, match="don't chain: layer 1 takes 5"):
     jaxnorm.fit_seeds(TINY, [0], target=[(w1, np.zeros(4)), (w2, np.zeros(2))])
-  with pytest.raises(jaxnorm.ConfigError, match="maps 3 inputs to 5 outputs but the network 3 to 2"):
+  with pytest.raises(jaxnorm.ConfigError,
+                     match="maps 3 inputs to 5 outputs but the network 3 to 2"):
     jaxnorm.fit_seeds(TINY, [0], target=[(w1, np.zeros(4)), (np.ones((5, 4)), np.zeros(5))])
   # other hidden widths than the network's are a black box's business; only the oracle reads them
   other = [(np.ones((7, 3)), np.zeros(7)), (np.ones((2, 7)), np.zeros(2))]

@@ -184,7 +184,8 @@ def _nnx_loss(model):
 
 
 def _selected(tree):
-  return {p for p, v in nnx.to_flat_state(tree) if (v.get_value() if isinstance(v, nnx.Variable) else v) is True}
+  return {p for p, v in nnx.to_flat_state(tree)
+          if (v.get_value() if isinstance(v, nnx.Variable) else v) is True}
 
 
 def test_norm_mask_on_nnx_module_and_state():
@@ -239,7 +240,8 @@ def test_nnx_optimizer_trains_only_norms(how):
   assert all(not np.array_equal(norms_after[p], norms_before[p]) for p in norms_after)
   # Optimizer state only for the norm leaves: Adam's two moments of 7 x 8 norm entries + a count.
   sizes = [np.size(v.get_value()) for _, v in nnx.to_flat_state(nnx.state(optimizer.opt_state))
-           if np.ndim(v.get_value()) > 0 or np.issubdtype(np.asarray(v.get_value()).dtype, np.floating)]
+           if np.ndim(v.get_value()) > 0
+           or np.issubdtype(np.asarray(v.get_value()).dtype, np.floating)]
   assert sum(sizes) == 2 * 7 * 8, sizes
 
 

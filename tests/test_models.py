@@ -34,7 +34,8 @@ def test_norm_mlp_layout_and_last_layer_linear(norm):
   model = jaxnorm.NormMLP((5, 12, 3, 7, 4), norm=norm)
   variables = model.init(jax.random.key(0), jnp.zeros((2, 5)))
   params = variables["params"]
-  assert sorted(params) == sorted([f"dense_{k}" for k in range(4)] + [f"norm_{k}" for k in range(4)])
+  assert sorted(params) == sorted([f"dense_{k}" for k in range(4)]
+                                  + [f"norm_{k}" for k in range(4)])
   assert params["dense_0"]["kernel"].shape == (5, 12)
   assert params["norm_3"]["scale"].shape == (4,) and params["norm_3"]["bias"].shape == (4,)
   assert ("batch_stats" in variables) == (norm == "batchnorm")
@@ -48,7 +49,8 @@ def test_affine_norm_is_scale_and_shift():
   params = model.init(jax.random.key(0), jnp.zeros((1, 3)))["params"]
   params["norm_0"] = {"scale": jnp.array([1., 2., 3., 4.]), "bias": jnp.array([0., 1., 0., -1.])}
   x = jnp.ones((1, 3))
-  expected = (x @ params["dense_0"]["kernel"]) * params["norm_0"]["scale"] + params["norm_0"]["bias"]
+  norm = params["norm_0"]
+  expected = (x @ params["dense_0"]["kernel"]) * norm["scale"] + norm["bias"]
   np.testing.assert_allclose(model.apply({"params": params}, x), expected, rtol=1e-6)
 
 

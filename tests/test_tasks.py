@@ -20,7 +20,8 @@ def test_target_kinds_and_input_dimension():
   assert jaxnorm.Regression(jnp.sin, inputs=sampler).sample().shape == (1, 7)
   x = np.zeros((10, 2), np.float32)
   data = jaxnorm.Regression((x, np.ones(10)))
-  assert data.kind == "data" and [a.shape for a in data.consts()] == [(8, 2), (8, 1), (2, 2), (2, 1)]
+  assert data.kind == "data"
+  assert [a.shape for a in data.consts()] == [(8, 2), (8, 1), (2, 2), (2, 1)]
 
 
 def test_a_seed_draws_its_own_random_target_and_held_out_set():
@@ -71,7 +72,8 @@ def test_equal_tasks_share_compiled_programs():
     (lambda: jaxnorm.Regression((np.ones((5, 2)), np.full(5, np.inf))), "Y must be finite"),
     (lambda: jaxnorm.Regression([(np.full((1, 2), np.nan), np.zeros(1))]),
      r"target\[0\] weight must be finite"),
-    (lambda: jaxnorm.Regression(jnp.sin, inputs=lambda key, n: jnp.ones(n)), "return \\[n, d_in\\]"),
+    (lambda: jaxnorm.Regression(jnp.sin, inputs=lambda key, n: jnp.ones(n)),
+     "return \\[n, d_in\\]"),
     (lambda: jaxnorm.Regression(jnp.sin, in_dim=2, loss="mse"), "loss must be a callable"),
     (lambda: jaxnorm.Regression((np.ones((5, 2)), np.ones((5, 1))),
                                 test=(np.ones((2, 3)), np.ones((2, 1)))), "don't match"),
@@ -94,7 +96,8 @@ def test_accuracy_in_eval_batches_equals_all_at_once():
   whole = jaxnorm.Classification(train=(x, y), test=(x[:20], y[:20]))
   batched = jaxnorm.Classification(train=(x, y), test=(x[:20], y[:20]), eval_batch=7)
   a, b = (t.metrics(predict, {}, t.consts()) for t in (whole, batched))
-  assert float(a["train_acc"]) == float(b["train_acc"]) == pytest.approx(np.mean((x @ w).argmax(1) == y))
+  expected = pytest.approx(np.mean((x @ w).argmax(1) == y))
+  assert float(a["train_acc"]) == float(b["train_acc"]) == expected
   assert float(a["test_acc"]) == float(b["test_acc"])
   with pytest.raises(jaxnorm.ConfigError, match="eval_batch"):
     jaxnorm.Classification(train=(x, y), test=(x, y), eval_batch=0)

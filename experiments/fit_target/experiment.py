@@ -313,7 +313,8 @@ def run(config: Config, workdir: str,
   if run_.writer:
     outputs.write_csv(run_.path("metrics.csv"),
                       ["optimizer", "width_ratio", "width", "seed", "rel_mse",
-                       "final_train_rel_mse", "diverged"], [m for r in records for m in r["metrics"]])
+                       "final_train_rel_mse", "diverged"],
+                      [m for r in records for m in r["metrics"]])
     outputs.write_csv(run_.path("curves.csv"),
                       ["optimizer", "width_ratio", "width", "seed", "step", "train_rel_mse"],
                       [c for r in records for c in r["curves"]])
