@@ -27,6 +27,15 @@ from jaxnorm import validate
 SEED_AXIS = "seeds"
 
 
+def cpu_cores() -> int:
+  """The CPU cores this process may run on (its affinity where the OS has one; what XLA's CPU
+  thread pool uses)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:   # no affinity on this OS (macOS)
+    return os.cpu_count() or 1
+
+
 def set_cpu_devices(count: Optional[int] = None) -> int:
   """Makes JAX's CPU backend show `count` devices (default: one per core this process may use).
 
@@ -40,7 +49,7 @@ def set_cpu_devices(count: Optional[int] = None) -> int:
   `XLA_FLAGS=--xla_force_host_platform_device_count`.
 
   Args:
-    count: CPU devices; `None` for the cores in this process's CPU affinity.
+    count: CPU devices; `None` for one per core (`cpu_cores`).
 
   Returns:
     The count set.
@@ -48,8 +57,7 @@ def set_cpu_devices(count: Optional[int] = None) -> int:
   Raises:
     validate.ConfigError: `count` below 1, or JAX has already started.
   """
-  count = len(os.sched_getaffinity(0)) if count is None else validate.positive_int(
-      "cpu devices", count)
+  count = cpu_cores() if count is None else validate.positive_int("cpu devices", count)
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError:

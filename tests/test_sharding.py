@@ -128,6 +128,13 @@ def test_set_cpu_devices_refuses_a_started_jax_or_a_bad_count():
     sharding.set_cpu_devices(0)
 
 
+def test_cpu_cores_is_the_affinity_or_the_cpu_count_where_there_is_none(monkeypatch):
+  assert sharding.cpu_cores() == len(os.sched_getaffinity(0))
+  monkeypatch.delattr(os, "sched_getaffinity")
+  monkeypatch.setattr(os, "cpu_count", lambda: 7)
+  assert sharding.cpu_cores() == 7
+
+
 def test_a_mesh_for_fewer_seeds_than_devices():
   assert sharding.seed_mesh(None, seeds=1).size == 1
   assert sharding.seed_mesh(1, seeds=5).size == 1

@@ -40,11 +40,12 @@ user would not write; it costs jaxnorm a little.
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
+
+from jaxnorm import sharding
 
 
 def version() -> Optional[str]:
@@ -58,10 +59,7 @@ def version() -> Optional[str]:
 
 def default_threads() -> int:
   """The CPU cores this process may run on (what XLA's CPU thread pool uses)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
+  return sharding.cpu_cores()
 
 
 KINDS = ("vmap", "bmm", "compile")   # see `build` and `Stacked`
